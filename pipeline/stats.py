@@ -1,0 +1,82 @@
+"""Parameter counts and multiply-accumulate counts per module (spec §1.6).
+
+MACs are counted for convolutions and linear layers (what dominates), by forward hooks on a meta-device
+model, so no weights and no real compute are needed. The adaptor and the blur run as functional ops, so their
+counts are written out: adaptor C*C per feature pixel; blur k*k per output pixel (the reference 2-D form).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pipeline.backbone import Backbone
+from pipeline.config import ModelConfig
+from pipeline.model import SuperSimpleNet
+
+
+@dataclass(frozen=True)
+class ModuleStats:
+    name: str
+    params: int
+    trainable: int
+    macs: int  # per image
+
+    @property
+    def gflops(self) -> float:
+        return 2 * self.macs / 1e9
+
+
+def _conv_linear_macs(module: nn.Module, output: torch.Tensor) -> int:
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return output.numel() * (module.in_channels // module.groups) * kh * kw
+    if isinstance(module, nn.Linear):
+        return output.numel() * module.in_features
+    return 0
+
+
+def build_meta_model(config: ModelConfig) -> SuperSimpleNet:
+    with torch.device("meta"):
+        return SuperSimpleNet(config, Backbone(config.backbone)).eval()
+
+
+def model_stats(config: ModelConfig) -> list[ModuleStats]:
+    """Per-module stats for one image at config.image_size, plus a 'total' row."""
+    model = build_meta_model(config)
+    counts: dict[str, int] = {"backbone": 0, "seg_head": 0, "cls_head": 0}
+    hooks = []
+    for owner in counts:
+        for sub in getattr(model, owner).modules():
+
+            def hook(mod, _inp, out, owner=owner):
+                counts[owner] += _conv_linear_macs(mod, out)
+
+            hooks.append(sub.register_forward_hook(hook))
+    with torch.no_grad():
+        model(torch.empty(1, 3, *config.image_size, device="meta"))
+    for h in hooks:
+        h.remove()
+
+    fh, fw = config.feature_size
+    c = config.feature_channels
+    counts["adaptor"] = c * c * fh * fw
+    counts["postprocess"] = config.blur_kernel**2 * config.image_size[0] * config.image_size[1]
+    modules = {"backbone": model.backbone, **model.trainable_modules(), "postprocess": None}
+    rows = []
+    for name, module in modules.items():
+        params = list(module.parameters()) if module is not None else []
+        rows.append(
+            ModuleStats(
+                name,
+                sum(p.numel() for p in params),
+                sum(p.numel() for p in params if p.requires_grad),
+                counts[name],
+            )
+        )
+    rows.append(
+        ModuleStats("total", sum(r.params for r in rows), sum(r.trainable for r in rows), sum(r.macs for r in rows))
+    )
+    return rows

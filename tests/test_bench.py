@@ -1,0 +1,47 @@
+"""bench/throughput.py prints its table on CPU and writes JSON (timings are reported, never asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_throughput_table_and_json(tmp_path):
+    out_json = tmp_path / "tp.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "throughput.py"),
+        "--batch",
+        "1",
+        "2",
+        "--warmup",
+        "0",
+        "--repeats",
+        "2",
+        "--json",
+        str(out_json),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for word in ("provider", "median_ms", "p99_ms", "img/s", "x vs reference", "fast-cpu", "postprocess", "e2e"):
+        assert word in out.stdout
+    assert "GPU figures need --device cuda" in out.stdout
+    data = json.loads(out_json.read_text())
+    assert data["preset"] == "tiny" and data["env"]["device"] == "cpu"
+    timed = [r for r in data["results"] if r["stage"] != "max_diff"]
+    keys = {(r["provider"], r["batch"], r["stage"]) for r in timed}
+    stages = ("backbone", "feature", "heads", "postprocess", "e2e")
+    assert keys == {(p, b, s) for p in ("reference", "fast-cpu") for b in (1, 2) for s in stages}
+    assert all(r["median_ms"] > 0 and r["p99_ms"] >= r["median_ms"] for r in timed)
+    diffs = [r for r in data["results"] if r["stage"] == "max_diff"]
+    assert len(diffs) == 2 and max(r["abs"] for r in diffs) <= 1e-5 and max(r["rel"] for r in diffs) <= 1e-5
+
+
+def test_throughput_rejects_bad_batch(tmp_path):
+    cmd = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--batch", "0"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2 and "--batch values must be >= 1" in out.stderr
