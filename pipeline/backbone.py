@@ -112,7 +112,9 @@ def load_backbone(name: str, weights: str = DEFAULT_WEIGHTS) -> Backbone:
             stacklevel=2,
         )
         return backbone
-    looks_like_path = Path(weights).suffix in (".pth", ".pt", ".safetensors") or "/" in weights
+    looks_like_path = (
+        Path(weights).exists() or Path(weights).suffix in (".pth", ".pt", ".safetensors") or "/" in weights
+    )
     if looks_like_path:
         backbone.load_torchvision_state_dict(read_weights_file(Path(weights)), repr(weights))
         return backbone

@@ -57,8 +57,10 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from pipeline.images import load_image
     from pipeline.images import save_heatmap
 
-    model, _ = load_checkpoint(args.checkpoint, backbone_weights=args.backbone_weights, impl=args.impl)
-    model.map_sigmoid = True  # heat maps and map_max as probabilities
+    # map_sigmoid: heat maps and map_max as probabilities
+    model, _ = load_checkpoint(
+        args.checkpoint, backbone_weights=args.backbone_weights, impl=args.impl, map_sigmoid=True
+    )
     failed = 0
     results = []
     for path in args.images:

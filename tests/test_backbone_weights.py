@@ -93,3 +93,10 @@ def test_offline_without_cache_explains_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(BackboneWeightsError, match="resnet18-f37072fd.pth.*--backbone-weights PATH"):
         load_backbone("resnet18", "IMAGENET1K_V1")
+
+
+def test_relative_weights_file_without_usual_suffix(tmp_path, monkeypatch):
+    state = _torchvision_state(seed=5)
+    torch.save(state, tmp_path / "weights.bin")
+    monkeypatch.chdir(tmp_path)
+    assert _same_as_torchvision(load_backbone("resnet18", "weights.bin"), state)
