@@ -4,7 +4,8 @@
     python bench/throughput.py --preset mvtec --device cuda --dtype fp16 --batch 1 8 16 64
 
 Stages: backbone, feature (upscale+pool+adaptor), heads (seg + cls), postprocess (upsample+blur), e2e (the
-model's forward). Providers: `reference` (straightforward composition) and `fast-cpu` (exact reorderings,
+model's forward) and, on CUDA, e2e+io (host->device input copy, forward, score and map copied back: the paper's
+latency protocol). Providers: `reference` (straightforward composition) and `fast-cpu` (exact reorderings,
 kernels/reference.py). Warm-up calls are excluded; the median of the repeats is reported, with p90/p99.
 The backbone runs on random weights: weights do not change timing, and none are downloaded.
 """
@@ -32,7 +33,7 @@ from pipeline.config import get_preset  # noqa: E402
 from pipeline.model import SuperSimpleNet  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-STAGES = ("backbone", "feature", "heads", "postprocess", "e2e")
+STAGES = ("backbone", "feature", "heads", "postprocess", "e2e", "e2e+io")
 
 
 def stage_calls(model: SuperSimpleNet, x: torch.Tensor) -> dict[str, callable]:
@@ -44,13 +45,22 @@ def stage_calls(model: SuperSimpleNet, x: torch.Tensor) -> dict[str, callable]:
         feats = model.features(x, need_pooled)
         seg_map, _ = model.heads(feats.adapted, model.cls_input(feats))
     w, b = model.adaptor.weight, model.adaptor.bias
-    return {
+    calls = {
         "backbone": lambda: model.backbone(x),
         "feature": lambda: reference.feature_stage(l2, l3, w, b, cfg.align_corners, model.impl, need_pooled),
         "heads": lambda: model.heads(feats.adapted, model.cls_input(feats)),
         "postprocess": lambda: model.postprocess(seg_map),
         "e2e": lambda: model(x),
     }
+    if x.device.type == "cuda":  # the paper's protocol: host->device copy, forward, both outputs back to the host
+        x_host = x.cpu().pin_memory()
+
+        def with_io():
+            pred = model(x_host.to(x.device, non_blocking=True))
+            return pred.score.cpu(), pred.anomaly_map.cpu()
+
+        calls["e2e+io"] = with_io
+    return calls
 
 
 def output_diffs(model: SuperSimpleNet, x: torch.Tensor, providers: list[str]) -> tuple[float, float]:

@@ -86,10 +86,12 @@ class SuperSimpleNet(nn.Module):
         self.map_sigmoid = map_sigmoid
         c = config.feature_channels
         self.backbone = backbone
+        # creation and init order as in the official code: adaptor (then its init), seg head, cls head, their init
         self.adaptor = nn.Conv2d(c, c, 1)
+        self.adaptor.apply(init_weights)
         self.seg_head = SegHead(c)
         self.cls_head = ClsHead(c)
-        for head in (self.adaptor, self.seg_head, self.cls_head):
+        for head in (self.seg_head, self.cls_head):
             head.apply(init_weights)
 
     def trainable_modules(self) -> dict[str, nn.Module]:
