@@ -41,7 +41,8 @@ def save_checkpoint(
     """Write `model` to `path` (.safetensors). `backbone_weights` records where the backbone came from."""
     path = Path(path)
     state = {k: v for k, v in model.state_dict().items() if embed_backbone or not k.startswith("backbone.")}
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    # stored as float32 on CPU whatever the model's device/dtype, so any host can load it
+    tensors = {k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in state.items()}
     metadata = {
         "format": FORMAT,
         "config": model.config.to_json(),

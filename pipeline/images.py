@@ -33,9 +33,12 @@ def to_model_input(rgb: np.ndarray, config: ModelConfig) -> torch.Tensor:
     """uint8 [H, W, 3] -> normalized float32 [1, 3, h, w] at config.image_size (bilinear, no antialias)."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected a uint8 RGB array [H, W, 3], got {rgb.dtype} {list(rgb.shape)}")
-    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0  # [1, 3, H, W] in [0, 1]
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()  # [1, 3, H, W] in [0, 255]
     if tuple(x.shape[-2:]) != config.image_size:
+        # resized image rounded back to 8-bit values, as the official cv2 resize of uint8 images gives
         x = F.interpolate(x, size=config.image_size, mode="bilinear", align_corners=False, antialias=False)
+        x = x.round_().clamp_(0, 255)
+    x = x / 255.0
     mean = torch.tensor(config.mean).view(1, 3, 1, 1)
     std = torch.tensor(config.std).view(1, 3, 1, 1)
     return (x - mean) / std

@@ -117,3 +117,11 @@ def test_invalid_config_metadata(tmp_path, tiny_model):
 def test_config_json_round_trip():
     config = ModelConfig(backbone="resnet50", image_size=(640, 232), adapt_cls_features=True, sigma=3.0)
     assert ModelConfig.from_json(config.to_json()) == config
+
+
+def test_half_precision_model_saves_as_float32(tmp_path, tiny_model):
+    path = save_checkpoint(tiny_model.half(), tmp_path / "ck.safetensors", "random")
+    assert all(t.dtype in (torch.float32, torch.int64) for t in load_file(path).values())
+    loaded, _ = load_checkpoint(path)
+    assert loaded.adaptor.weight.dtype == torch.float32
+    torch.testing.assert_close(loaded.adaptor.weight, tiny_model.adaptor.weight.float())
