@@ -36,7 +36,8 @@ class Backbone(nn.Module):
             raise ValueError(f"backbone={name!r} is not supported; accepted: {', '.join(BACKBONES)}")
         net = getattr(torchvision.models, name)(weights=None)
         self.name = name
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        # torchvision's own module names, so its state dicts load as they are (minus layer4 and fc)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3
         self.requires_grad_(False)
         self.eval()
@@ -47,18 +48,12 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: [B, 3, H, W] normalized -> l2: [B, C2, H/8, W/8], l3: [B, C3, H/16, W/16] (ceil for odd sizes)
         with torch.no_grad():
-            l2 = self.layer2(self.layer1(self.stem(x)))
+            l2 = self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x))))))
             return l2, self.layer3(l2)
 
-    # torchvision key names ("conv1.weight", "layer1.0.conv1.weight", ...) <-> ours ("stem.0.weight", ...)
     def load_torchvision_state_dict(self, state: dict[str, torch.Tensor], source: str) -> None:
-        renamed = {}
-        for key, value in state.items():
-            if key.startswith(_PRUNED):
-                continue
-            key = key.replace("conv1.", "stem.0.", 1) if key.startswith("conv1.") else key
-            key = key.replace("bn1.", "stem.1.", 1) if key.startswith("bn1.") else key
-            renamed[key] = value
+        """Load a full torchvision state dict (layer4 and fc are skipped), checking every key and shape."""
+        renamed = {k: v for k, v in state.items() if not k.startswith(_PRUNED)}
         own = self.state_dict()
         missing = sorted(set(own) - set(renamed))
         unexpected = sorted(set(renamed) - set(own))

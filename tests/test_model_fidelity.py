@@ -18,10 +18,7 @@ def spec_forward(model, images: torch.Tensor, align_corners: bool, adapt_cls: bo
     """Spec semantics with the model's weights but none of its code paths (official-code layout)."""
     # backbone: torchvision net + create_feature_extractor(layer2, layer3), as the official code builds it
     net = getattr(torchvision.models, model.config.backbone)(weights=None)
-    state = {
-        k.replace("stem.0.", "conv1.").replace("stem.1.", "bn1."): v for k, v in model.backbone.state_dict().items()
-    }
-    net.load_state_dict(state, strict=False)
+    net.load_state_dict(model.backbone.state_dict(), strict=False)  # same key names; layer4/fc stay random
     extractor = create_feature_extractor(net.eval(), return_nodes=["layer2", "layer3"])
     feats = extractor(images)
     l2, l3 = feats["layer2"], feats["layer3"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_model
 
 from pipeline.config import ModelConfig
 from pipeline.stats import build_meta_model
@@ -78,8 +79,6 @@ def test_wrn50_shapes(size):
 
 def test_wrn50_real_forward_matches_meta_shapes():
     """One real (not meta) WRN50-2 forward at the smallest spec size, both formulations agreeing."""
-    from conftest import make_model
-
     model = make_model(ModelConfig(image_size=(144, 144)))
     images = torch.randn(1, 3, 144, 144)
     with torch.no_grad():
