@@ -80,3 +80,55 @@ def model_stats(config: ModelConfig) -> list[ModuleStats]:
         ModuleStats("total", sum(r.params for r in rows), sum(r.trainable for r in rows), sum(r.macs for r in rows))
     )
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `ssn info`
+
+
+def configure_info(parser) -> None:
+    from pipeline.config import PRESETS
+
+    parser.add_argument("--preset", default="mvtec", help=f"one of: {', '.join(PRESETS)}")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a ModelConfig field, e.g. --set align_corners=false",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run_info(args) -> int:
+    import dataclasses
+    import json
+
+    from pipeline.config import get_preset
+    from pipeline.config import override
+
+    preset = get_preset(args.preset)
+    config = override(preset.model, args.set)
+    rows = model_stats(config)
+    if args.json:
+        payload = {
+            "preset": preset.name,
+            "model": dataclasses.asdict(config),
+            "train": dataclasses.asdict(preset.train),
+            "modules": [dataclasses.asdict(r) | {"gflops": r.gflops} for r in rows],
+        }
+        print(json.dumps(payload, indent=2))
+        return 0
+    print(f"preset {preset.name}: {preset.note}")
+    for key, value in dataclasses.asdict(config).items():
+        print(f"  model.{key:<20} {value}")
+    for key, value in dataclasses.asdict(preset.train).items():
+        print(f"  train.{key:<20} {value}")
+    fh, fw = config.feature_size
+    variant = "ICPR, adapted" if config.adapt_cls_features else "JIMS, raw pooled"
+    print(f"  features              {config.feature_channels} x {fh} x {fw} (cls head variant: {variant})")
+    print(f"\n{'module':<12} {'params':>12} {'trainable':>12} {'GFLOPs/img':>11}")
+    for r in rows:
+        print(f"{r.name:<12} {r.params:>12,} {r.trainable:>12,} {r.gflops:>11.2f}")
+    print("GFLOPs = 2 x MACs of convs and linears at image_size, batch 1; postprocess is the 2-D blur.")
+    return 0

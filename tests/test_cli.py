@@ -100,3 +100,13 @@ def test_infer_plain_output(tmp_path, checkpoint):
 def test_infer_missing_checkpoint(tmp_path):
     out = run_ssn("infer", "--checkpoint", str(tmp_path / "none.safetensors"), "x.png")
     assert out.returncode == 2 and "none.safetensors" in out.stderr and "does not exist" in out.stderr
+
+
+def test_help_lists_commands_without_loading_torch():
+    """The dispatcher imports only the module of the subcommand being run (`ssn stream` must stay torch-free)."""
+    code = "import sys; from pipeline.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    code += "print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "info" in out.stdout and "infer" in out.stdout
+    assert out.stdout.strip().endswith("False")
