@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY
-from frame_samples import undecodable_jpeg
 from frame_samples import encode
 from frame_samples import jpeg_claiming
 from frame_samples import png_claiming
 from frame_samples import random_bytes
 from frame_samples import scene
 from frame_samples import truncated_jpeg
+from frame_samples import undecodable_jpeg
 from frame_samples import valid_frames
 from PIL import Image
 
