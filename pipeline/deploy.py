@@ -30,6 +30,7 @@ class DeployOptions:
     max_batch_size: int = 16
     queue_delay_us: int = 2000
     instances: int = 1
+    torch_threads: int = 0  # py target, CPU: intra-op threads per instance (0: torch's default)
     map_stride: int = 1
     max_image_pixels: int = 64_000_000
     dtype: str = "fp32"  # trt target: compute dtype of the ONNX/engine (I/O stays fp32)
@@ -92,6 +93,7 @@ def deploy_py(checkpoint: Path, out: Path, model_config, metadata, options: Depl
         "pixel_threshold": thresholds.pixel,
         "map_stride": options.map_stride,
         "max_image_pixels": options.max_image_pixels,
+        "torch_threads": options.torch_threads,
     }.items():
         repo.set_parameter(config, key, value)
     if options.device == "gpu":
@@ -220,6 +222,9 @@ def configure_deploy(parser) -> None:
     )
     parser.add_argument("--instances", type=int, default=d.instances, help="model instances (py / TensorRT step)")
     parser.add_argument(
+        "--torch-threads", type=int, default=d.torch_threads, help="py target: torch threads per instance (0: default)"
+    )
+    parser.add_argument(
         "--map-stride",
         type=int,
         default=d.map_stride,
@@ -251,6 +256,7 @@ def run_deploy(args) -> int:
         max_batch_size=args.max_batch_size,
         queue_delay_us=args.queue_delay_us,
         instances=args.instances,
+        torch_threads=args.torch_threads,
         map_stride=args.map_stride,
         max_image_pixels=args.max_image_pixels,
         dtype=args.dtype,

@@ -108,9 +108,12 @@ class Predictor:
         map_stride: int = 1,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
         decode_threads: int = 1,
+        torch_threads: int = 0,
     ):
         from pipeline.preprocess import DaliPreprocessor
 
+        if torch_threads > 0:  # per process: on a shared CPU, fewer threads than cores avoid spin-wait contention
+            torch.set_num_threads(torch_threads)
         self.module = module
         self.config = module.config
         self.thresholds = thresholds

@@ -117,3 +117,14 @@ def test_serialized_pipelines(tmp_path, decoder):
     assert torch.equal(torch.from_numpy(np.array(out.as_tensor())), expected)
     gpu = serialize_pipeline(TINY, tmp_path / "gpu.dali", max_batch_size=4).read_bytes()
     assert b"mixed" in gpu and b"decoders__Image" in gpu and b"IMAGE" in gpu
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="DALI 'mixed' decoding needs a CUDA device")
+def test_dali_mixed_matches_cpu(decoder):
+    """GPU decode (nvJPEG / hardware decoder) vs libjpeg-turbo: same tolerance as against Pillow."""
+    frames = [np.frombuffer(f, np.uint8) for f in valid_frames().values()]
+    gpu, errors = DaliPreprocessor(TINY, max_batch_size=8, device="gpu", device_id=0)(frames)
+    cpu, _ = decoder(frames)
+    assert errors == {} and gpu.is_cuda
+    assert (gpu.cpu() - cpu).abs().max() <= MAX_LEVELS["jpeg"] * LEVEL + 1e-6

@@ -147,3 +147,15 @@ def test_serve_refuses_what_the_bundled_server_cannot_load(trt_repository):
     assert out.returncode == 2
     assert "model 'preprocess' needs the 'dali' backend" in out.stderr and "--target py" in out.stderr
     assert "model 'supersimplenet_trt' needs the 'tensorrt_plan' backend" in out.stderr
+
+
+def test_missing_tensorrt_is_explained():
+    import importlib.util
+
+    from pipeline.trt_engine import EngineError
+    from pipeline.trt_engine import import_tensorrt
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here: tests/test_trt_engine.py builds real engines")
+    with pytest.raises(EngineError, match=r"tensorrt.*not importable.*nvcr.io/nvidia/tensorrt:<yy.mm>-py3"):
+        import_tensorrt()

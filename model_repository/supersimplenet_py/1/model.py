@@ -7,8 +7,8 @@ one or more frames (input IMAGE, [n, nbytes]); a request with a bad frame gets a
 and the problem, and the other requests of the batch are answered normally.
 
 Parameters (config.pbtxt, filled by `ssn deploy`): checkpoint (file in this folder), impl, image_threshold,
-pixel_threshold, map_stride, max_image_pixels, decode_threads. The instance kind picks the device: KIND_CPU runs
-everything on CPU; KIND_GPU decodes with DALI "mixed" and runs the module on that GPU.
+pixel_threshold, map_stride, max_image_pixels, decode_threads, torch_threads. The instance kind picks the device:
+KIND_CPU runs everything on CPU; KIND_GPU decodes with DALI "mixed" and runs the module on that GPU.
 """
 
 from pathlib import Path
@@ -41,6 +41,7 @@ class TritonPythonModel:
             map_stride=self.map_stride,
             max_image_pixels=int(params["max_image_pixels"]),
             decode_threads=int(params["decode_threads"]),
+            torch_threads=int(params["torch_threads"]),
         )
         pb_utils.Logger.log_info(f"supersimplenet_py: impl {params['impl']} on {device}, checkpoint {checkpoint}")
 
