@@ -161,7 +161,7 @@ def deploy_trt(checkpoint: Path, out: Path, model_config, metadata, options: Dep
 def _engine(onnx_path: Path, options: DeployOptions) -> str:
     from pipeline import trt_engine
 
-    command = f"python -m pipeline.trt_engine {onnx_path} --max-batch {options.max_batch_size}"
+    command = f"python -m pipeline.trt_engine build {onnx_path} --max-batch {options.max_batch_size}"
     if not options.build_engine:
         return f"engine not built (--no-engine); on the serving GPU, in the TensorRT container: {command}"
     try:

@@ -16,6 +16,8 @@ exact .5 tie (tests/test_preprocess.py states the tolerances).
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from pipeline.config import ModelConfig
 INPUT_NAME = "IMAGE"  # encoded bytes, UINT8 [-1]; must equal the DALI model's input name in config.pbtxt
 OUTPUT_NAME = "IMAGES"  # FP32 [3, H, W]
 DEVICES = ("cpu", "gpu")
+SPEC_FILE = "pipeline.json"  # in the DALI model folder: what model.dali was serialized from
 
 
 def _pipeline_def():
@@ -82,12 +85,34 @@ def build_pipeline(
 
 
 def serialize_pipeline(config: ModelConfig, path: str | Path, max_batch_size: int, device: str = "gpu") -> Path:
-    """Write `model.dali` for Triton's DALI backend (GPU decode by default)."""
+    """Write `model.dali` for Triton's DALI backend (GPU decode by default), and `pipeline.json` beside its
+    version folder so `python -m pipeline.preprocess MODEL_DIR` can redo it with another DALI version."""
+    import nvidia.dali
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pipe = build_pipeline(config, max_batch_size, device=device, device_id=None, num_threads=4, synchronous=False)
     pipe.serialize(filename=str(path))
+    recipe = {"config": json.loads(config.to_json()), "max_batch_size": max_batch_size, "device": device}
+    recipe["dali_version"] = nvidia.dali.__version__
+    if path.parent.name.isdigit():  # <model>/<version>/model.dali
+        path.parent.parent.joinpath(SPEC_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-serialize MODEL_DIR/1/model.dali from MODEL_DIR/pipeline.json with the DALI installed here (use the
+    DALI version of the serving container's dali backend; no torch needed)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("usage: python -m pipeline.preprocess MODEL_DIR   (e.g. repo/preprocess)", file=sys.stderr)
+        return 2
+    model_dir = Path(argv[0])
+    recipe = json.loads((model_dir / SPEC_FILE).read_text())
+    config = ModelConfig.from_json(json.dumps(recipe["config"]))
+    path = serialize_pipeline(config, model_dir / "1" / "model.dali", recipe["max_batch_size"], recipe["device"])
+    print(f"wrote {path}")
+    return 0
 
 
 class DecodeError(ValueError):
@@ -158,3 +183,7 @@ def _reason(err: Exception) -> str:
     tail = text.split("encountered:", 1)[-1]
     lines = [s.strip(" :") for s in tail.splitlines() if s.strip() and "no longer valid" not in s]
     return "; ".join(lines) if lines else type(err).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

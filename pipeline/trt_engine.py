@@ -5,7 +5,8 @@ An engine runs only on the TensorRT version that built it and on GPUs of the com
 compute capability, optimization profile, ONNX digest), and `engine_problems` compares that with the host before a
 repository is served. No torch here: this module also runs alone inside the NGC TensorRT container:
 
-    python -m pipeline.trt_engine repo/supersimplenet_trt/1/model.onnx --max-batch 16
+    python -m pipeline.trt_engine build repo/supersimplenet_trt/1/model.onnx --max-batch 16
+    python -m pipeline.trt_engine verify repo/supersimplenet_trt/1/model.plan
 
 TensorRT 10: the network is created STRONGLY_TYPED (layer precisions follow the ONNX types). TensorRT 11 removed
 weak typing altogether (no BuilderFlag.FP16): every network is strongly typed. In both, FP16 comes from the ONNX
@@ -180,21 +181,32 @@ def build_engine(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build model.plan (+ model.plan.json) from an exported ONNX file")
-    parser.add_argument("onnx", help="the ONNX file (ssn export / ssn deploy --target trt)")
-    parser.add_argument("--plan", help="output plan (default: model.plan beside the ONNX)")
-    parser.add_argument("--max-batch", type=int, default=16, help="profile max batch = Triton max_batch_size")
-    parser.add_argument("--opt-batch", type=int, help="batch TensorRT tunes for (default: max batch)")
-    parser.add_argument("--workspace-gib", type=float, default=4.0, help="builder workspace limit")
-    parser.add_argument("--timing-cache", help="timing cache file to reuse and update (default: beside the plan)")
+    parser = argparse.ArgumentParser(description="TensorRT engines for the supersimplenet_trt model (no torch needed)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build model.plan (+ model.plan.json) from an exported ONNX file")
+    build.add_argument("onnx", help="the ONNX file (ssn deploy --target trt writes supersimplenet_trt/1/model.onnx)")
+    build.add_argument("--plan", help="output plan (default: model.plan beside the ONNX)")
+    build.add_argument("--max-batch", type=int, default=16, help="profile max batch = Triton max_batch_size")
+    build.add_argument("--opt-batch", type=int, help="batch TensorRT tunes for (default: max batch)")
+    build.add_argument("--workspace-gib", type=float, default=4.0, help="builder workspace limit")
+    build.add_argument("--timing-cache", help="timing cache file to reuse and update (default: beside the plan)")
+    verify = sub.add_parser("verify", help="say whether a plan's metadata matches this host")
+    verify.add_argument("plan", help="model.plan with its model.plan.json")
     args = parser.parse_args(argv)
     try:
-        meta = build_engine(args.onnx, args.plan, args.max_batch, args.opt_batch, args.workspace_gib, args.timing_cache)
+        if args.command == "build":
+            meta = build_engine(
+                args.onnx, args.plan, args.max_batch, args.opt_batch, args.workspace_gib, args.timing_cache
+            )
+            print(json.dumps(meta, indent=2))
+            return 0
+        refuse, warn = engine_problems(read_metadata(args.plan), host_description())
     except EngineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(meta, indent=2))
-    return 0
+    for line in [*(f"refused: {r}" for r in refuse), *(f"warning: {w}" for w in warn)] or ["ok: matches this host"]:
+        print(line)
+    return 1 if refuse else 0
 
 
 if __name__ == "__main__":

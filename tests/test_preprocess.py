@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from pipeline.frames import FrameError
 from pipeline.frames import check_frame
 from pipeline.images import to_model_input
 from pipeline.preprocess import DaliPreprocessor
+from pipeline.preprocess import main as preprocess_main
 from pipeline.preprocess import serialize_pipeline
 
 # one 8-bit level in normalized units is 1 / (255 * std). JPEG decoders (libjpeg-turbo in DALI, Pillow's libjpeg)
@@ -115,8 +117,12 @@ def test_serialized_pipelines(tmp_path, decoder):
     (out,) = pipe.run()
     expected, _ = decoder([frame])
     assert torch.equal(torch.from_numpy(np.array(out.as_tensor())), expected)
-    gpu = serialize_pipeline(TINY, tmp_path / "gpu.dali", max_batch_size=4).read_bytes()
-    assert b"mixed" in gpu and b"decoders__Image" in gpu and b"IMAGE" in gpu
+    gpu = serialize_pipeline(TINY, tmp_path / "preprocess" / "1" / "model.dali", max_batch_size=4)
+    assert b"mixed" in gpu.read_bytes() and b"decoders__Image" in gpu.read_bytes() and b"IMAGE" in gpu.read_bytes()
+    # re-serialized from its recipe (what to run with the serving container's DALI version)
+    gpu.unlink()
+    assert preprocess_main([str(tmp_path / "preprocess")]) == 0 and b"mixed" in gpu.read_bytes()
+    assert json.loads((tmp_path / "preprocess" / "pipeline.json").read_text())["max_batch_size"] == 4
 
 
 @pytest.mark.gpu

@@ -159,3 +159,16 @@ def test_missing_tensorrt_is_explained():
         pytest.skip("tensorrt is installed here: tests/test_trt_engine.py builds real engines")
     with pytest.raises(EngineError, match=r"tensorrt.*not importable.*nvcr.io/nvidia/tensorrt:<yy.mm>-py3"):
         import_tensorrt()
+
+
+def test_verify_command_on_this_host(trt_repository, capsys):
+    """`python -m pipeline.trt_engine verify` (run in the serving container) on a host without TensorRT/GPU."""
+    from pipeline.trt_engine import main
+
+    plan = _fake_engine(trt_repository, **HOST)
+    try:
+        assert main(["verify", str(plan)]) == 1
+    finally:
+        plan.unlink()
+    out = capsys.readouterr().out
+    assert "refused: cannot tell this host's TensorRT version" in out and "refused: no GPU found" in out
