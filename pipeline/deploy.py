@@ -178,8 +178,11 @@ def deploy(checkpoint: str | Path, out: str | Path, options: DeployOptions = Dep
 
     if options.target not in TARGETS:
         raise ValueError(f"target={options.target!r} is unknown; accepted: {', '.join(TARGETS)}")
-    if not 1 <= options.max_batch_size <= 1024:
-        raise ValueError(f"max_batch_size={options.max_batch_size} must be in 1..1024")
+    for field, low in (("max_batch_size", 1), ("instances", 1), ("queue_delay_us", 0), ("torch_threads", 0)):
+        if getattr(options, field) < low:
+            raise ValueError(f"{field}={getattr(options, field)} must be >= {low}")
+    if options.max_image_pixels < 1:
+        raise ValueError(f"max_image_pixels={options.max_image_pixels} must be >= 1")
     checkpoint, out = Path(checkpoint), Path(out)
     metadata = read_metadata(checkpoint)
     model_config = ModelConfig.from_json(metadata["config"])
@@ -196,11 +199,22 @@ def deploy(checkpoint: str | Path, out: str | Path, options: DeployOptions = Dep
 # `ssn deploy`
 
 
+# integer options: DeployOptions field -> help (flag: --field-name)
+INT_FLAGS = {
+    "max_batch_size": "Triton max_batch_size (= TensorRT profile max)",
+    "queue_delay_us": "dynamic batcher's max_queue_delay_microseconds (py target; GPU steps use at most 500)",
+    "instances": "model instances (py model / TensorRT step)",
+    "torch_threads": "py target: torch threads per instance (0: torch's default)",
+    "map_stride": "default map stride: 1 full size, k>1 max over k x k blocks, 0 no map (clients override it)",
+    "max_image_pixels": "frames whose header claims more pixels are refused before decoding",
+}
+
+
 def configure_deploy(parser) -> None:
     from pipeline.serving import DEFAULT_IMPL
     from pipeline.serving import INFERENCE_IMPLS
 
-    d = DeployOptions()
+    defaults = DeployOptions()
     parser.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint written by this project")
     parser.add_argument(
         "--target",
@@ -210,37 +224,11 @@ def configure_deploy(parser) -> None:
     )
     parser.add_argument("--out", required=True, help="model repository folder to fill (created if missing)")
     parser.add_argument("--impl", default=DEFAULT_IMPL, choices=INFERENCE_IMPLS, help="inference module served")
-    parser.add_argument("--device", default=d.device, choices=["cpu", "gpu"], help="py target: instance kind")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="py target: instance kind")
+    for field, text in INT_FLAGS.items():
+        parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field), help=text)
     parser.add_argument(
-        "--max-batch-size", type=int, default=d.max_batch_size, help="Triton max_batch_size (= TensorRT profile max)"
-    )
-    parser.add_argument(
-        "--queue-delay-us",
-        type=int,
-        default=d.queue_delay_us,
-        help="dynamic batcher's max_queue_delay_microseconds (py target; GPU steps use at most 500)",
-    )
-    parser.add_argument("--instances", type=int, default=d.instances, help="model instances (py / TensorRT step)")
-    parser.add_argument(
-        "--torch-threads", type=int, default=d.torch_threads, help="py target: torch threads per instance (0: default)"
-    )
-    parser.add_argument(
-        "--map-stride",
-        type=int,
-        default=d.map_stride,
-        help="default map stride: 1 full size, k>1 max over k x k blocks, 0 no map (clients override per request)",
-    )
-    parser.add_argument(
-        "--max-image-pixels",
-        type=int,
-        default=d.max_image_pixels,
-        help="frames whose header claims more pixels are refused before decoding",
-    )
-    parser.add_argument(
-        "--dtype",
-        default=d.dtype,
-        choices=["fp32", "fp16"],
-        help="trt target: engine compute dtype (from the ONNX; I/O stays fp32)",
+        "--dtype", default="fp32", choices=["fp32", "fp16"], help="trt target: compute dtype (I/O stays fp32)"
     )
     parser.add_argument("--no-engine", action="store_true", help="trt target: write the ONNX, do not build the plan")
     parser.add_argument("--image-threshold", type=float, help="override the checkpoint's image threshold")
@@ -249,25 +237,20 @@ def configure_deploy(parser) -> None:
 
 
 def run_deploy(args) -> int:
+    from pipeline.protocol import parse_map_stride
+
+    parse_map_stride(args.map_stride, "--map-stride")
     options = DeployOptions(
         target=args.target,
         impl=args.impl,
         device=args.device,
-        max_batch_size=args.max_batch_size,
-        queue_delay_us=args.queue_delay_us,
-        instances=args.instances,
-        torch_threads=args.torch_threads,
-        map_stride=args.map_stride,
-        max_image_pixels=args.max_image_pixels,
         dtype=args.dtype,
         build_engine=not args.no_engine,
         image_threshold=args.image_threshold,
         pixel_threshold=args.pixel_threshold,
         force=args.force,
+        **{field: getattr(args, field) for field in INT_FLAGS},
     )
-    from pipeline.protocol import parse_map_stride
-
-    parse_map_stride(options.map_stride, "--map-stride")
     for note in deploy(args.checkpoint, args.out, options):
         print(note)
     print(f"repository ready: {args.out}  (serve it: ssn serve --model-repository {args.out})")

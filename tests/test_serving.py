@@ -41,7 +41,7 @@ from pipeline.triton_server import Ports
 
 SSN = str(Path(sys.executable).parent / "ssn")
 MODEL = protocol.PYTHON_MODEL
-THRESHOLDS = {"image": 0.99, "pixel": 0.99}  # this random model scores ~0.97-0.995: mixed labels
+THRESHOLDS = {"image": 0.99, "pixel": 0.84}  # this random model: scores 0.97-0.995, map median 0.84
 MAX_BATCH = 8
 
 
