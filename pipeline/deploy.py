@@ -137,25 +137,30 @@ def deploy_trt(checkpoint: Path, out: Path, model_config, metadata, options: Dep
     repo.save_config(config, target / "config.pbtxt")
     notes.append(_engine(onnx_path, options))
 
-    target, config = _copy_template("postprocess", out, options.force)
-    _batching(config, options, min(delay, 100))
-    repo.tensor(config, "seg_logits", "input").dims[:] = [1, fh, fw]
-    thresholds = _thresholds(metadata, options)
-    for key, value in {
-        "image_size": f"{height},{width}",
-        "sigma": model_config.sigma,
-        "image_threshold": thresholds.image,
-        "pixel_threshold": thresholds.pixel,
-        "map_stride": options.map_stride,
-    }.items():
-        repo.set_parameter(config, key, value)
-    repo.save_config(config, target / "config.pbtxt")
+    deploy_postprocess(out, model_config, _thresholds(metadata, options), options)
 
     target, config = _copy_template("supersimplenet", out, options.force)
     config.max_batch_size = options.max_batch_size
     config.ensemble_scheduling.max_inflight_requests = 4 * options.max_batch_size
     repo.save_config(config, target / "config.pbtxt")
     return notes
+
+
+def deploy_postprocess(out: Path, model_config, thresholds, options: DeployOptions, kind: str = "KIND_GPU") -> Path:
+    """The ensemble's python step (also servable alone: KIND_CPU runs it on the bundled CPU server)."""
+    target, config = _copy_template("postprocess", out, options.force)
+    _batching(config, options, min(options.queue_delay_us, 100))
+    _instances(config, kind, 1)
+    repo.tensor(config, "seg_logits", "input").dims[:] = [1, *model_config.feature_size]
+    for key, value in {
+        "image_size": ",".join(str(s) for s in model_config.image_size),
+        "sigma": model_config.sigma,
+        "image_threshold": thresholds.image,
+        "pixel_threshold": thresholds.pixel,
+        "map_stride": options.map_stride,
+    }.items():
+        repo.set_parameter(config, key, value)
+    return repo.save_config(config, target / "config.pbtxt")
 
 
 def _engine(onnx_path: Path, options: DeployOptions) -> str:

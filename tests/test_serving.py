@@ -35,8 +35,12 @@ from tritonclient.utils import InferenceServerException
 
 from pipeline import protocol
 from pipeline.checkpoint import save_checkpoint
+from pipeline.deploy import DeployOptions
+from pipeline.deploy import deploy_postprocess
+from pipeline.export import split_forward
 from pipeline.images import load_image
 from pipeline.serving import Predictor
+from pipeline.serving import Thresholds
 from pipeline.triton_server import Ports
 
 SSN = str(Path(sys.executable).parent / "ssn")
@@ -82,6 +86,9 @@ def served(tmp_path_factory):
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
+    # the ensemble's python step too, on a CPU instance: the bundled server can run it
+    options = DeployOptions(max_batch_size=MAX_BATCH)
+    deploy_postprocess(tmp / "repo", TINY, Thresholds(**THRESHOLDS), options, kind="KIND_CPU")
     ports = Ports.free()
     log = tmp / "server.log"
     command = [
@@ -269,6 +276,25 @@ def test_stream_keeps_order_and_request_ids(served):
     finally:
         client.stop_stream()
     assert [r.get_response().id for r, e in replies] == ids and all(e is None for _, e in replies)
+
+
+def test_ensemble_postprocess_step_equals_model(served, predictor):
+    """The ensemble's python step, fed what its TensorRT step computes (the split graph), gives the model's outputs."""
+    x = torch.randn(3, 3, *TINY.image_size, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        seg_logits, score_logit = split_forward(predictor.module, x)
+        pred = predictor.module(x)
+    inputs = []
+    for name, value in (("score_logit", score_logit[:, None]), ("seg_logits", seg_logits)):
+        inputs.append(grpcclient.InferInput(name, list(value.shape), "FP32"))
+        inputs[-1].set_data_from_numpy(value.numpy())
+    result = served.client.infer("postprocess", inputs)
+    np.testing.assert_allclose(result.as_numpy(protocol.SCORE)[:, 0], pred.score.numpy(), atol=1e-5)
+    want_labels = (pred.score.numpy() >= THRESHOLDS["image"]).astype(np.int32)
+    assert np.array_equal(result.as_numpy(protocol.LABEL)[:, 0], want_labels)
+    np.testing.assert_allclose(result.as_numpy(protocol.ANOMALY_MAP), pred.anomaly_map[:, 0].numpy(), atol=1e-5)
+    want_mask = result.as_numpy(protocol.ANOMALY_MAP) >= THRESHOLDS["pixel"]
+    assert np.array_equal(result.as_numpy(protocol.MASK), want_mask.astype(np.uint8))
 
 
 def test_serve_stops_cleanly_on_sigterm(served):
