@@ -7,7 +7,8 @@ shipped in the `nvidia-pytriton` wheel (Triton 2.51, python backend only). The b
   `~/.cache/supersimplenet`), never into site-packages;
 - the interpreter's libpython and the wheel's libraries on LD_LIBRARY_PATH, this environment's `bin/` first on
   PATH (the stub runs the model in the python found there), numpy < 2 in that environment.
-The project root goes on PYTHONPATH so the repository's `model.py` adapters import this very `pipeline/`.
+The project root goes in $SSN_PROJECT_ROOT so the repository's `model.py` adapters import this very `pipeline/`
+(the stub's embedded interpreter ignores PYTHONPATH; without the variable they import the installed package).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT_ENV = "SSN_PROJECT_ROOT"
 HOST_BINARIES = ("/opt/tritonserver/bin/tritonserver",)
 
 
@@ -125,7 +127,7 @@ def bundled_root_or_none() -> Path:
 
 def server_env(bundled: bool) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    env[PROJECT_ROOT_ENV] = str(PROJECT_ROOT)  # the stub's interpreter ignores PYTHONPATH; model.py reads this
     env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
     if bundled:
         libdir = sysconfig.get_config_var("LIBDIR") or ""

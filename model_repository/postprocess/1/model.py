@@ -7,6 +7,12 @@ the score, the thresholds and the map stride: `pipeline.serving.anomaly_map_from
 same code the portable `supersimplenet_py` model runs. One response per request, in order.
 """
 
+import os
+import sys
+
+if os.environ.get("SSN_PROJECT_ROOT"):  # set by `ssn serve`: this checkout's pipeline/, not another install
+    sys.path.insert(0, os.environ["SSN_PROJECT_ROOT"])
+
 import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack

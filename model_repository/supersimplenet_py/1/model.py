@@ -11,6 +11,12 @@ pixel_threshold, map_stride, max_image_pixels, decode_threads, torch_threads. Th
 KIND_CPU runs everything on CPU; KIND_GPU decodes with DALI "mixed" and runs the module on that GPU.
 """
 
+import os
+import sys
+
+if os.environ.get("SSN_PROJECT_ROOT"):  # set by `ssn serve`: this checkout's pipeline/, not another install
+    sys.path.insert(0, os.environ["SSN_PROJECT_ROOT"])
+
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
