@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline import repository as repo
 from pipeline.repository import RepositoryError
+from pipeline.serving import DEFAULT_IMPL
 
 TARGETS = {"py": ("supersimplenet_py",), "trt": ("preprocess", "supersimplenet_trt", "postprocess", "supersimplenet")}
 
@@ -25,7 +26,7 @@ TARGETS = {"py": ("supersimplenet_py",), "trt": ("preprocess", "supersimplenet_t
 @dataclass(frozen=True)
 class DeployOptions:
     target: str = "py"
-    impl: str = "fast-cpu"
+    impl: str = DEFAULT_IMPL
     device: str = "cpu"  # py target: KIND_CPU or KIND_GPU instances
     max_batch_size: int = 16
     queue_delay_us: int = 2000
@@ -216,7 +217,6 @@ INT_FLAGS = {
 
 
 def configure_deploy(parser) -> None:
-    from pipeline.serving import DEFAULT_IMPL
     from pipeline.serving import INFERENCE_IMPLS
 
     defaults = DeployOptions()

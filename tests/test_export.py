@@ -19,6 +19,7 @@ from pipeline.export import ExportGraph
 from pipeline.export import export_onnx
 from pipeline.export import onnx_metadata
 from pipeline.export import onnx_parity
+from pipeline.serving import DEFAULT_IMPL
 from pipeline.serving import anomaly_map_from_logits
 
 SSN = str(Path(sys.executable).parent / "ssn")
@@ -45,7 +46,7 @@ def test_export_cli_full_fp32(tmp_path):
         "graph": "full",
         "dtype": "fp32",
         "max_batch": "8",
-        "impl": "fast-cpu",
+        "impl": DEFAULT_IMPL,
         "config": "",
     }
     for batch in (1, 5):
