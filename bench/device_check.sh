@@ -12,3 +12,21 @@ python bench/throughput.py --preset mvtec --device cuda --dtype fp16 --batch 1 1
     --json "$out/throughput_mvtec_fp16.json"
 python bench/throughput.py --preset mvtec --device cuda --dtype fp32 --batch 1 16 --warmup 10 --repeats 50 \
     --json "$out/throughput_mvtec_fp32.json"
+# deployment: each check runs only where its package is (the plain GPU host has neither DALI nor TensorRT nor
+# nvidia-pytriton; the NGC containers do: README "Deploy on a GPU host" lists the in-container checks)
+if python -c "import pytest, nvidia.dali" 2>/dev/null; then
+    python -m pytest -q -m gpu tests/test_preprocess.py  # DALI "mixed" (nvJPEG) decode == CPU decode
+else
+    echo "skip: DALI mixed-decode check (nvidia-dali or pytest not installed)"
+fi
+if python -c "import pytest, tensorrt" 2>/dev/null; then
+    python -m pytest -q tests/test_trt_engine.py  # TensorRT 10/11 engine from the ONNX == PyTorch; metadata
+else
+    echo "skip: TensorRT engine build check (tensorrt not installed)"
+fi
+if python -c "import nvidia.dali, pytriton, tritonclient.grpc" 2>/dev/null; then
+    python bench/serve.py --preset mvtec --device gpu --concurrency 1 4 16 64 --max-batch 64 --seconds 10 \
+        --json "$out/serve_mvtec_gpu.json"  # supersimplenet_py on KIND_GPU vs in-process
+else
+    echo "skip: served GPU benchmark (nvidia-dali / nvidia-pytriton not installed)"
+fi

@@ -21,6 +21,9 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "info": Command("pipeline.stats", "config, parameter counts and GFLOPs per module"),
     "infer": Command("pipeline.infer", "defect score per image; heat-map PNGs with --out"),
+    "export": Command("pipeline.export", "ONNX of the inference graph (fp32/fp16), checked with onnxruntime"),
+    "deploy": Command("pipeline.deploy", "fill a Triton model repository from a checkpoint (py or trt target)"),
+    "serve": Command("pipeline.triton_server", "run a local Triton Inference Server on a model repository"),
 }
 
 

@@ -1,0 +1,79 @@
+"""Triton python-backend model `supersimplenet_py`: encoded frames in, score / label / anomaly map out.
+
+A thin adapter: the work is `pipeline.serving.Predictor` (DALI decode, the inference module, thresholds), the
+same object the tests and bench/serve.py run in-process. Contract of the python backend: `execute` gets the
+requests the dynamic batcher merged and returns exactly one response per request, in order. Each request holds
+one or more frames (input IMAGE, [n, nbytes]); a request with a bad frame gets an error response naming the frame
+and the problem, and the other requests of the batch are answered normally.
+
+Parameters (config.pbtxt, filled by `ssn deploy`): checkpoint (file in this folder), impl, image_threshold,
+pixel_threshold, map_stride, max_image_pixels, decode_threads, torch_threads. The instance kind picks the device:
+KIND_CPU runs everything on CPU; KIND_GPU decodes with DALI "mixed" and runs the module on that GPU.
+"""
+
+import os
+import sys
+
+if os.environ.get("SSN_PROJECT_ROOT"):  # set by `ssn serve`: this checkout's pipeline/, not another install
+    sys.path.insert(0, os.environ["SSN_PROJECT_ROOT"])
+
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from pipeline import protocol
+from pipeline.serving import Predictor
+from pipeline.serving import Thresholds
+from pipeline.serving import load_inference_module
+from pipeline.triton_io import error_response
+from pipeline.triton_io import instance_device
+from pipeline.triton_io import model_parameters
+from pipeline.triton_io import outputs_response
+from pipeline.triton_io import request_map_stride
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config, params = model_parameters(args)
+        device = instance_device(args)
+        checkpoint = Path(args["model_repository"]) / args["model_version"] / params["checkpoint"]
+        module, _ = load_inference_module(checkpoint, params["impl"], device)
+        self.map_stride = protocol.parse_map_stride(params["map_stride"], "config parameter")
+        self.predictor = Predictor(
+            module,
+            Thresholds.from_strings(params["image_threshold"], params["pixel_threshold"]),
+            max_batch_size=config["max_batch_size"],
+            device=device,
+            map_stride=self.map_stride,
+            max_image_pixels=int(params["max_image_pixels"]),
+            decode_threads=int(params["decode_threads"]),
+            torch_threads=int(params["torch_threads"]),
+        )
+        pb_utils.Logger.log_info(f"supersimplenet_py: impl {params['impl']} on {device}, checkpoint {checkpoint}")
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        frames, strides, owners = [], [], []  # flattened over the requests
+        for index, request in enumerate(requests):
+            try:
+                stride = request_map_stride(request, self.map_stride)
+            except ValueError as err:
+                responses[index] = error_response(str(err))
+                continue
+            batch = pb_utils.get_input_tensor_by_name(request, protocol.INPUT).as_numpy()  # [n, nbytes] uint8
+            for row in batch:
+                frames.append(row)
+                strides.append(stride)
+                owners.append(index)
+        results = self.predictor.predict(frames, strides)
+        for index in range(len(requests)):
+            if responses[index] is not None:
+                continue
+            mine = [r for r, owner in zip(results, owners) if owner == index]
+            bad = [(k, r) for k, r in enumerate(mine) if isinstance(r, Exception)]
+            if bad:
+                k, err = bad[0]
+                responses[index] = error_response(f"frame {k} of {len(mine)} in request: {err}")
+            else:
+                responses[index] = outputs_response(mine)
+        return responses

@@ -1,0 +1,166 @@
+"""Serving logic behind the python-backend models (`model_repository/*/1/model.py` are thin adapters over it).
+
+    frames (encoded bytes) -> check headers (pipeline/frames.py) -> DALI decode + resize + normalize
+      -> inference module (Prediction: score, anomaly map probabilities) -> thresholds, map stride -> per frame
+
+Every frame gets either a `FrameOutput` or a `FrameError` naming its problem; a bad frame never fails the others.
+The same `Predictor` runs in-process (tests, bench) and inside tritonserver, so what is served is what is tested.
+Thresholds follow the checkpoint contract: `image` on the score probability, `pixel` on the map probability.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline import protocol
+from pipeline.frames import DEFAULT_MAX_PIXELS
+from pipeline.frames import FrameError
+from pipeline.frames import check_frame
+
+INFERENCE_IMPLS = ("reference", "fast-cpu", "folded")
+DEFAULT_IMPL = "fast-cpu"  # "folded" once pipeline/folded.py lands
+
+
+def inference_module(model, impl: str) -> torch.nn.Module:
+    """The module to serve/export for `impl` (BRIEF contract: forward -> Prediction, .config, .map_sigmoid)."""
+    if impl not in INFERENCE_IMPLS:
+        raise ValueError(f"impl={impl!r} is unknown; accepted: {', '.join(INFERENCE_IMPLS)}")
+    if impl == "folded":
+        try:
+            from pipeline.folded import FoldedSSN
+        except ImportError as err:
+            raise ValueError(f"impl='folded' needs pipeline/folded.py, not importable here ({err})") from err
+        return FoldedSSN.from_model(model).eval()
+    model.impl = impl
+    return model.eval()
+
+
+def load_inference_module(checkpoint, impl: str = DEFAULT_IMPL, device: str = "cpu"):
+    """(module with map_sigmoid=True on `device`, checkpoint metadata)."""
+    from pipeline.checkpoint import load_checkpoint
+
+    model, metadata = load_checkpoint(checkpoint, impl="reference", map_sigmoid=True)
+    return inference_module(model.to(device), impl), metadata
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    image: float | None = None  # on the score probability
+    pixel: float | None = None  # on the anomaly-map probability
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str]) -> Thresholds:
+        raw = json.loads(metadata.get("thresholds") or "{}")
+        return cls(_optional_float(raw.get("image")), _optional_float(raw.get("pixel")))
+
+    @classmethod
+    def from_strings(cls, image: str, pixel: str) -> Thresholds:
+        return cls(_optional_float(image or None), _optional_float(pixel or None))
+
+
+def _optional_float(value) -> float | None:
+    return None if value is None else float(value)
+
+
+class FrameOutput(NamedTuple):
+    score: float
+    label: int
+    anomaly_map: np.ndarray  # float32 [h, w]; [0, 0] when map_stride is 0
+    mask: np.ndarray  # uint8 [h, w]; [0, 0] without a pixel threshold or when map_stride is 0
+
+
+def finish_frame(score: float, prob_map: torch.Tensor, thresholds: Thresholds, map_stride: int) -> FrameOutput:
+    """prob_map: [1, H, W] probabilities of one frame -> FrameOutput (label, optional pooled map and mask)."""
+    label = protocol.NO_LABEL if thresholds.image is None else int(score >= thresholds.image)
+    empty = np.zeros((0, 0), np.float32)
+    if map_stride == 0:
+        return FrameOutput(score, label, empty, empty.astype(np.uint8))
+    if map_stride > 1:
+        prob_map = F.max_pool2d(prob_map, map_stride, ceil_mode=True)
+    prob = prob_map[0].float().cpu().numpy()
+    mask = empty if thresholds.pixel is None else prob >= thresholds.pixel
+    return FrameOutput(score, label, prob, mask.astype(np.uint8))
+
+
+def anomaly_map_from_logits(seg_logits: torch.Tensor, config, impl: str = "fast-cpu") -> torch.Tensor:
+    """Ensemble postprocess: seg logits [B, 1, fh, fw] -> map probabilities [B, 1, H, W] (kernels op b)."""
+    from kernels import reference
+
+    return reference.anomaly_map(seg_logits.float(), config.image_size, config.sigma, sigmoid=True, impl=impl)
+
+
+class Predictor:
+    """Encoded frames -> per-frame FrameOutput or FrameError, in batches of at most `max_batch_size`."""
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        thresholds: Thresholds,
+        max_batch_size: int = 16,
+        device: str = "cpu",
+        map_stride: int = 1,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        decode_threads: int = 1,
+        torch_threads: int = 0,
+    ):
+        from pipeline.preprocess import DaliPreprocessor
+
+        if torch_threads > 0:  # per process: on a shared CPU, fewer threads than cores avoid spin-wait contention
+            torch.set_num_threads(torch_threads)
+        self.module = module
+        self.config = module.config
+        self.thresholds = thresholds
+        self.max_batch_size = max_batch_size
+        self.device = torch.device(device)
+        self.map_stride = map_stride
+        self.max_image_pixels = max_image_pixels
+        dali_device = "gpu" if self.device.type == "cuda" else "cpu"
+        self.decoder = DaliPreprocessor(
+            self.config, max_batch_size, dali_device, self.device.index or 0, decode_threads
+        )
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint, impl: str = DEFAULT_IMPL, device: str = "cpu", thresholds=None, **kwargs):
+        module, metadata = load_inference_module(checkpoint, impl, device)
+        return cls(module, thresholds or Thresholds.from_metadata(metadata), device=device, **kwargs)
+
+    def predict(
+        self, frames: Sequence[bytes | np.ndarray], map_strides: Sequence[int] | None = None
+    ) -> list[FrameOutput | FrameError]:
+        strides = list(map_strides) if map_strides is not None else [self.map_stride] * len(frames)
+        results: list[FrameOutput | FrameError] = []
+        for start in range(0, len(frames), self.max_batch_size):
+            chunk = frames[start : start + self.max_batch_size]
+            results += self._predict_chunk(chunk, strides[start : start + self.max_batch_size])
+        return results
+
+    def _predict_chunk(self, frames, strides) -> list[FrameOutput | FrameError]:
+        results: list[FrameOutput | FrameError | None] = [None] * len(frames)
+        arrays, where = [], []
+        for i, frame in enumerate(frames):
+            array = np.frombuffer(frame, dtype=np.uint8) if isinstance(frame, bytes | bytearray) else frame
+            try:
+                check_frame(memoryview(np.ascontiguousarray(array)), self.max_image_pixels)
+            except FrameError as err:
+                results[i] = err
+                continue
+            arrays.append(array)
+            where.append(i)
+        images, errors = self.decoder(arrays)
+        decoded = [i for k, i in enumerate(where) if k not in errors]
+        for k, message in errors.items():
+            results[where[k]] = FrameError(message)
+        if decoded:
+            with torch.inference_mode():
+                pred = self.module(images.to(self.device))
+            scores = pred.score.float().cpu().tolist()
+            for row, i in enumerate(decoded):
+                results[i] = finish_frame(scores[row], pred.anomaly_map[row], self.thresholds, strides[i])
+        return results

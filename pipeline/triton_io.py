@@ -1,0 +1,58 @@
+"""Request/response plumbing shared by the python-backend `model.py` adapters (runs inside tritonserver's stub).
+
+`triton_python_backend_utils` exists only in the stub process, so it is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from pipeline import protocol
+from pipeline.serving import FrameOutput
+
+
+def model_parameters(args: dict) -> tuple[dict, dict[str, str]]:
+    """(model config as a dict, its `parameters` as plain strings) from `initialize(args)`."""
+    config = json.loads(args["model_config"])
+    params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+    return config, params
+
+
+def instance_device(args: dict) -> str:
+    if args.get("model_instance_kind") == "GPU":
+        return f"cuda:{args['model_instance_device_id']}"
+    return "cpu"
+
+
+def request_map_stride(request, default: int) -> int:
+    """The request's `map_stride` (ValueError naming it when invalid); 0 when neither map output is requested."""
+    wanted = set(request.requested_output_names())
+    params = json.loads(request.parameters() or "{}")
+    stride = default
+    if protocol.MAP_STRIDE in params:
+        stride = protocol.parse_map_stride(params[protocol.MAP_STRIDE], "request parameter")
+    return stride if wanted & {protocol.ANOMALY_MAP, protocol.MASK} else 0
+
+
+def error_response(message: str):
+    """An error response for a bad request (INVALID_ARG where the backend has status codes)."""
+    import triton_python_backend_utils as pb_utils
+
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return pb_utils.InferenceResponse(error=error)
+
+
+def outputs_response(outputs: list[FrameOutput]):
+    """One response for the frames of one request (all with the same map stride)."""
+    import triton_python_backend_utils as pb_utils
+
+    tensors = {
+        protocol.SCORE: np.array([[o.score] for o in outputs], dtype=np.float32),  # [n, 1]
+        protocol.LABEL: np.array([[o.label] for o in outputs], dtype=np.int32),  # [n, 1]
+        protocol.ANOMALY_MAP: np.stack([o.anomaly_map for o in outputs]),  # [n, h, w]
+        protocol.MASK: np.stack([o.mask for o in outputs]),  # [n, h, w]
+    }
+    return pb_utils.InferenceResponse([pb_utils.Tensor(name, value) for name, value in tensors.items()])
