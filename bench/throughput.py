@@ -75,14 +75,11 @@ def reference_stage_calls(model: SuperSimpleNet, x: torch.Tensor) -> dict[str, c
 
 
 def folded_stage_calls(folded: FoldedSSN, x: torch.Tensor) -> dict[str, callable]:
-    def backbone():  # as its forward feeds it
-        return folded.backbone(x.contiguous(memory_format=torch.channels_last) if folded.channels_last else x)
-
     with torch.inference_mode():
-        l2, l3 = backbone()
+        l2, l3 = folded.backbone_features(x)
         seg_map = folded.seg_path(l2, l3)
     return {
-        "backbone": backbone,
+        "backbone": lambda: folded.backbone_features(x),
         "seg": lambda: folded.seg_path(l2, l3),
         "cls": lambda: folded.cls_path(l2, l3, seg_map),
         "feat+heads": lambda: folded.heads(l2, l3),
@@ -104,9 +101,11 @@ def stage_calls(module: torch.nn.Module, x: torch.Tensor) -> dict[str, callable]
     return calls
 
 
-def provider_modules(model: SuperSimpleNet, providers: list[str]) -> dict[str, torch.nn.Module]:
+def provider_modules(model: SuperSimpleNet, providers: list[str], compile_backbone: bool) -> dict[str, torch.nn.Module]:
     """provider name -> the inference module it runs (reference formulations share the one model)."""
     folded = FoldedSSN.from_model(model) if "folded" in providers else None
+    if folded is not None and compile_backbone:
+        folded.compile_backbone()
     return {p: folded if p == "folded" else model for p in providers}
 
 
@@ -139,7 +138,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = SuperSimpleNet(preset.model, backbone).to(device=device, dtype=DTYPES[args.dtype]).eval()
 
-    modules = provider_modules(model, args.providers)
+    modules = provider_modules(model, args.providers, args.compile_backbone)
     results = []
     for batch in args.batch:
         x = torch.randn(batch, 3, *preset.model.image_size, device=device, dtype=DTYPES[args.dtype])
@@ -210,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         default=list(PROVIDERS),
         choices=list(PROVIDERS),
         help="inference formulations to time; ratios are against the first",
+    )
+    parser.add_argument(
+        "--compile-backbone",
+        action="store_true",
+        help="folded provider: torch.compile its backbone (inductor, freezing); compiles in the warm-up calls",
     )
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per measurement")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per measurement (median reported)")

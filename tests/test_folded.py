@@ -133,6 +133,27 @@ def test_contract_map_sigmoid_and_channels_last_unchanged():
     assert torch.equal(probs, plain.anomaly_map) and torch.equal(probs_max, probs.amax(dim=(1, 2, 3)))
 
 
+def test_compiled_backbone_is_opt_in_and_stays_out_of_copies_and_state():
+    """compile_backbone() wiring (inductor's numerics: bench/backbone_cpu.py prints its max difference)."""
+    model = make_model()
+    folded = FoldedSSN.from_model(model)
+    keys = set(folded.state_dict())
+    graphs = []
+
+    def counting_backend(gm, example_inputs):  # a torch.compile backend that runs the captured graph as is
+        graphs.append(gm)
+        return gm.forward
+
+    x = images(2, TINY.image_size)
+    with torch.no_grad():
+        plain = folded(x)
+        compiled = folded.compile_backbone(backend=counting_backend)(x)
+    assert graphs and set(folded.state_dict()) == keys
+    torch.testing.assert_close(compiled.anomaly_map, plain.anomaly_map, atol=1e-6, rtol=0)
+    assert "_compiled_backbone" not in copy.deepcopy(folded).__dict__
+    assert "_compiled_backbone" not in folded.refresh().__dict__
+
+
 def _edit_in_place(model):
     with torch.no_grad():
         model.adaptor.weight.mul_(1.5)
