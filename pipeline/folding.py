@@ -26,6 +26,8 @@ from pipeline.model import SuperSimpleNet
 
 TAPS = 5  # the cls conv's kernel size (padding "same": 2 on every side)
 SEG_SLOPE = 0.2  # LeakyReLU of the seg head
+_SEG_TYPES = ("Conv2d", "BatchNorm2d", "LeakyReLU", "Conv2d")  # seg_head
+_CLS_TYPES = ("Conv2d", "BatchNorm2d", "ReLU", "Linear")  # cls_head.conv, cls_head.fc
 
 
 class UnsupportedModelError(ValueError):
@@ -67,10 +69,6 @@ def check_foldable(model: nn.Module) -> None:
     )
     for name, bn in (("seg_head[1]", seg[1]), ("cls_head.conv[1]", cls.conv[1])):
         _require([(f"{name} has running stats and affine", bn.running_var is not None and bn.affine, True)])
-
-
-_SEG_TYPES = ("Conv2d", "BatchNorm2d", "LeakyReLU", "Conv2d")
-_CLS_TYPES = ("Conv2d", "BatchNorm2d", "ReLU", "Linear")
 
 
 def _conv_spec(conv: nn.Conv2d) -> tuple:
