@@ -14,7 +14,8 @@ resolution; its backbone is fed channels_last). Stages, each fed with precompute
 - reference and fast-cpu also: feature (upscale + pool + adaptor) and heads (seg + cls heads on its output);
 - folded also: seg (seg path) and cls (cls path), the two parts of its feat+heads.
 The ratio column compares a stage with the same stage of the first provider ("-" where it has none).
-Warm-up calls are excluded; the median of the repeats is reported, with p90/p99.
+Rounds go through every provider and stage in turn (warm-up rounds excluded), so a load change on a shared
+machine hits them alike; the median of the repeats is reported, with p90/p99.
 The backbone runs on random weights: weights do not change timing, and none are downloaded.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -125,6 +127,26 @@ def output_diffs(modules: dict[str, torch.nn.Module], x: torch.Tensor) -> tuple[
     return absolute, relative
 
 
+def _selecting(module: torch.nn.Module, provider: str, fn: Callable[[], object]) -> Callable[[], object]:
+    def call():
+        select(module, provider)  # reference and fast-cpu share one model: set its impl before each call
+        return fn()
+
+    return call
+
+
+def time_interleaved(calls: dict, device: torch.device, warmup: int, repeats: int) -> dict[object, list[float]]:
+    """Seconds per call of every callable; rounds go through all of them in turn (warm-up rounds untimed), so
+    load changes on a shared machine hit every provider and stage alike and the ratios stay meaningful."""
+    times = {key: [] for key in calls}
+    for round_ in range(warmup + repeats):
+        for key, fn in calls.items():
+            seconds = time_calls(fn, device, 0, 1)[0]
+            if round_ >= warmup:
+                times[key].append(seconds)
+    return times
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -142,10 +164,13 @@ def run(args: argparse.Namespace) -> dict:
     results = []
     for batch in args.batch:
         x = torch.randn(batch, 3, *preset.model.image_size, device=device, dtype=DTYPES[args.dtype])
-        for provider, module in modules.items():
-            for stage, fn in stage_calls(select(module, provider), x).items():
-                times = time_calls(fn, device, args.warmup, args.repeats)
-                results.append({"provider": provider, "batch": batch, "stage": stage, **summarize(times, batch)})
+        calls = {
+            (provider, stage): _selecting(module, provider, fn)
+            for provider, module in modules.items()
+            for stage, fn in stage_calls(select(module, provider), x).items()
+        }
+        for (provider, stage), times in time_interleaved(calls, device, args.warmup, args.repeats).items():
+            results.append({"provider": provider, "batch": batch, "stage": stage, **summarize(times, batch)})
         absolute, relative = output_diffs(modules, x)
         results.append(
             {

@@ -12,11 +12,13 @@ from conftest import make_model
 from torch import nn
 
 from kernels import reference
+from pipeline.config import PRESETS
 from pipeline.config import ModelConfig
 from pipeline.folded import FoldedSSN
 from pipeline.folded import StaleFoldError
 from pipeline.folding import UnsupportedModelError
 from pipeline.model import Features
+from pipeline.stats import build_meta_model
 
 # (64, 96): layer2 8x12, layer3 4x6; (72, 100): KSDD2-like odd grids, layer2 9x13, layer3 5x7
 SIZES = [(64, 96), (72, 100)]
@@ -77,6 +79,33 @@ def test_folded_equals_reference_float64(align_corners, adapt_cls, size):
     assert rel_err(got.score_logit, ref.score_logit) <= 1e-9
     assert rel_err(got.anomaly_map, ref.anomaly_map) <= 1e-9
     assert torch.equal(got.score, got.score_logit.sigmoid())
+
+
+def test_full_size_ksdd2_grid():
+    """KSDD2 at 640x232 (layer2 80x29, layer3 40x15, features 160x58): resnet18 heads on random features, float32
+    (<= 1e-4 relative; float64 exactness is shown on the small odd grids above)."""
+    config = ModelConfig(backbone="resnet18", image_size=(640, 232), adapt_cls_features=True)
+    model = nontrivial_model(config, seed=3)
+    folded = FoldedSSN.from_model(model)
+    g = torch.Generator().manual_seed(0)
+    (h2, w2), (h3, w3) = config.layer_sizes
+    l2 = torch.randn(1, 128, h2, w2, generator=g).relu().contiguous(memory_format=torch.channels_last)
+    l3 = torch.randn(1, 256, h3, w3, generator=g).relu().contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref_score, ref_map = reference_outputs(model, l2, l3)
+        seg_map, score_logit = folded.heads(l2, l3)
+    assert seg_map.shape == (1, 1, 160, 58)
+    assert rel_err(score_logit, ref_score) <= 1e-4
+    assert rel_err(folded.postprocess(seg_map)[0], ref_map) <= 1e-4
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_folds_and_runs_on_meta(preset):
+    """Shapes at every preset size and backbone (WRN50 included), without weights or compute."""
+    config = PRESETS[preset].model
+    folded = FoldedSSN.from_model(build_meta_model(config))
+    pred = folded(torch.empty(2, 3, *config.image_size, device="meta"))
+    assert pred.score_logit.shape == (2,) and pred.anomaly_map.shape == (2, 1, *config.image_size)
 
 
 @pytest.mark.parametrize("adapt_cls", [True, False], ids=["icpr", "jims"])
