@@ -13,6 +13,8 @@ Two formulations of each, selected by the caller:
     * the adaptor commutes with per-channel resampling: `W @ pool(up(x)) = pool(up(W @ x))`, so the GEMM
       runs at the backbone's native resolution (8x fewer MACs at 256x256); the bias is added afterwards.
   `tests/test_reference_ops.py` proves both equal to the reference (float64 to 1e-10, float32 to 1e-5).
+The same identity-basis construction gives the 1-D operators of the folded inference graph: resize + pool +
+tap shift of a "same" 5x5 conv (zero fill), and the conv's in-bounds masks.
 
 This module knows nothing of the rest of the project.
 """

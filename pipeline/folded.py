@@ -133,7 +133,7 @@ class FoldedSSN(nn.Module):
     def compile_backbone(self, backend: str = "inductor") -> FoldedSSN:
         """Opt-in for long-running CPU processes: run the backbone through torch.compile (inductor, freezing).
 
-        Measured 1.2-1.4x on the WRN50-2 backbone on CPU (bench/backbone_cpu.py, README), for 10-25 s of
+        Measured 1.1-1.4x on the WRN50-2 backbone on CPU (bench/backbone_cpu.py, README), for 10-25 s of
         compilation on the first call and again on the first new batch size. Outputs change by rounding only
         (<= 3e-6 relative). ONNX export and tracing use the plain backbone; refresh() drops the compiled one.
         """
