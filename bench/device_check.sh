@@ -12,6 +12,9 @@ python bench/throughput.py --preset mvtec --device cuda --dtype fp16 --batch 1 1
     --json "$out/throughput_mvtec_fp16.json"
 python bench/throughput.py --preset mvtec --device cuda --dtype fp32 --batch 1 16 --warmup 10 --repeats 50 \
     --json "$out/throughput_mvtec_fp32.json"
+# folded graph vs reference on the GPU (issue: folded graph): same outputs (max_diff line), speed ratio per stage
+python bench/throughput.py --preset mvtec --device cuda --dtype fp16 --batch 1 8 --providers reference folded \
+    --warmup 10 --repeats 50 --json "$out/throughput_mvtec_fp16_folded.json"
 # deployment: each check runs only where its package is (the plain GPU host has neither DALI nor TensorRT nor
 # nvidia-pytriton; the NGC containers do: README "Deploy on a GPU host" lists the in-container checks)
 if python -c "import pytest, nvidia.dali" 2>/dev/null; then

@@ -1,12 +1,21 @@
 """Throughput and latency per stage and end to end, for a batch sweep and several providers.
 
     python bench/throughput.py                         # tiny preset on CPU, under a minute
-    python bench/throughput.py --preset mvtec --device cuda --dtype fp16 --batch 1 8 16 64
+    python bench/throughput.py --preset mvtec --batch 1 8 --providers reference folded
+    python bench/throughput.py --preset mvtec --device cuda --dtype fp16 --batch 1 16 64
 
-Stages: backbone, feature (upscale+pool+adaptor), heads (seg + cls), postprocess (upsample+blur), e2e (the
-model's forward) and, on CUDA, e2e+io (host->device input copy, forward, score and map copied back: the paper's
-latency protocol). Providers: `reference` (straightforward composition) and `fast-cpu` (exact reorderings,
-kernels/reference.py). Warm-up calls are excluded; the median of the repeats is reported, with p90/p99.
+Providers: `reference` (straightforward composition), `fast-cpu` (exact reorderings of the two fused ops,
+kernels/reference.py) and `folded` (pipeline/folded.py: heads folded into a few GEMMs at the backbone's native
+resolution; its backbone is fed channels_last). Stages, each fed with precomputed inputs of the previous one:
+- every provider: backbone, feat+heads (backbone features -> seg map + score logit: everything between the
+  backbone and the postprocess, so the providers compare like for like), postprocess (upsample + blur), e2e (the
+  module's forward) and, on CUDA, e2e+io (host->device input copy, forward, score and map copied back: the
+  paper's latency protocol);
+- reference and fast-cpu also: feature (upscale + pool + adaptor) and heads (seg + cls heads on its output);
+- folded also: seg (seg path) and cls (cls path), the two parts of its feat+heads.
+The ratio column compares a stage with the same stage of the first provider ("-" where it has none).
+Rounds go through every provider and stage in turn (warm-up rounds excluded), so a load change on a shared
+machine hits them alike; the median of the repeats is reported, with p90/p99.
 The backbone runs on random weights: weights do not change timing, and none are downloaded.
 """
 
@@ -15,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,50 +40,111 @@ from kernels import reference  # noqa: E402
 from pipeline.backbone import load_backbone  # noqa: E402
 from pipeline.config import PRESETS  # noqa: E402
 from pipeline.config import get_preset  # noqa: E402
+from pipeline.folded import FoldedSSN  # noqa: E402
+from pipeline.model import Features  # noqa: E402
 from pipeline.model import SuperSimpleNet  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-STAGES = ("backbone", "feature", "heads", "postprocess", "e2e", "e2e+io")
+PROVIDERS = (*reference.IMPLS, "folded")
+STAGES = ("backbone", "feature", "heads", "seg", "cls", "feat+heads", "postprocess", "e2e", "e2e+io")
 
 
-def stage_calls(model: SuperSimpleNet, x: torch.Tensor) -> dict[str, callable]:
+def reference_stage_calls(model: SuperSimpleNet, x: torch.Tensor) -> dict[str, callable]:
     """One zero-argument callable per stage, each fed with precomputed inputs of the previous stage."""
     cfg = model.config
     need_pooled = not cfg.adapt_cls_features
+    w, b = model.adaptor.weight, model.adaptor.bias
+
+    def feature_stage():
+        return Features(*reference.feature_stage(l2, l3, w, b, cfg.align_corners, model.impl, need_pooled))
+
+    def feat_heads():
+        feats = feature_stage()
+        return model.heads(feats.adapted, model.cls_input(feats))
+
     with torch.inference_mode():
         l2, l3 = model.backbone(x)
-        feats = model.features(x, need_pooled)
+        feats = feature_stage()
         seg_map, _ = model.heads(feats.adapted, model.cls_input(feats))
-    w, b = model.adaptor.weight, model.adaptor.bias
-    calls = {
+    return {
         "backbone": lambda: model.backbone(x),
-        "feature": lambda: reference.feature_stage(l2, l3, w, b, cfg.align_corners, model.impl, need_pooled),
+        "feature": feature_stage,
         "heads": lambda: model.heads(feats.adapted, model.cls_input(feats)),
+        "feat+heads": feat_heads,
         "postprocess": lambda: model.postprocess(seg_map),
         "e2e": lambda: model(x),
     }
+
+
+def folded_stage_calls(folded: FoldedSSN, x: torch.Tensor) -> dict[str, callable]:
+    with torch.inference_mode():
+        l2, l3 = folded.backbone_features(x)
+        seg_map = folded.seg_path(l2, l3)
+    return {
+        "backbone": lambda: folded.backbone_features(x),
+        "seg": lambda: folded.seg_path(l2, l3),
+        "cls": lambda: folded.cls_path(l2, l3, seg_map),
+        "feat+heads": lambda: folded.heads(l2, l3),
+        "postprocess": lambda: folded.postprocess(seg_map),
+        "e2e": lambda: folded(x),
+    }
+
+
+def stage_calls(module: torch.nn.Module, x: torch.Tensor) -> dict[str, callable]:
+    calls = (folded_stage_calls if isinstance(module, FoldedSSN) else reference_stage_calls)(module, x)
     if x.device.type == "cuda":  # the paper's protocol: host->device copy, forward, both outputs back to the host
         x_host = x.cpu().pin_memory()
 
         def with_io():
-            pred = model(x_host.to(x.device, non_blocking=True))
+            pred = module(x_host.to(x.device, non_blocking=True))
             return pred.score.cpu(), pred.anomaly_map.cpu()
 
         calls["e2e+io"] = with_io
     return calls
 
 
-def output_diffs(model: SuperSimpleNet, x: torch.Tensor, providers: list[str]) -> tuple[float, float]:
+def provider_modules(model: SuperSimpleNet, providers: list[str], compile_backbone: bool) -> dict[str, torch.nn.Module]:
+    """provider name -> the inference module it runs (reference formulations share the one model)."""
+    folded = FoldedSSN.from_model(model) if "folded" in providers else None
+    if folded is not None and compile_backbone:
+        folded.compile_backbone()
+    return {p: folded if p == "folded" else model for p in providers}
+
+
+def select(module: torch.nn.Module, provider: str) -> torch.nn.Module:
+    if not isinstance(module, FoldedSSN):
+        module.impl = provider
+    return module
+
+
+def output_diffs(modules: dict[str, torch.nn.Module], x: torch.Tensor) -> tuple[float, float]:
     """Largest |first provider - other| over all outputs: absolute, and relative to the output's max |value|."""
-    outs = []
     with torch.inference_mode():
-        for impl in providers:
-            model.impl = impl
-            outs.append(model(x))
+        outs = [select(module, provider)(x) for provider, module in modules.items()]
     pairs = [(a.float(), b.float()) for o in outs[1:] for a, b in zip(outs[0], o)]
     absolute = max(((a - b).abs().max().item() for a, b in pairs), default=0.0)
     relative = max(((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item() for a, b in pairs) if pairs else 0.0
     return absolute, relative
+
+
+def _selecting(module: torch.nn.Module, provider: str, fn: Callable[[], object]) -> Callable[[], object]:
+    def call():
+        select(module, provider)  # reference and fast-cpu share one model: set its impl before each call
+        return fn()
+
+    return call
+
+
+def time_interleaved(calls: dict, device: torch.device, warmup: int, repeats: int) -> dict[object, list[float]]:
+    """Seconds per call of every callable; rounds go through all of them in turn (warm-up rounds untimed), so
+    load changes on a shared machine hit every provider and stage alike and the ratios stay meaningful."""
+    times = {key: [] for key in calls}
+    for round_ in range(warmup + repeats):
+        for key, fn in calls.items():
+            seconds = time_calls(fn, device, 0, 1)[0]
+            if round_ >= warmup:
+                times[key].append(seconds)
+    return times
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -89,15 +160,18 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = SuperSimpleNet(preset.model, backbone).to(device=device, dtype=DTYPES[args.dtype]).eval()
 
+    modules = provider_modules(model, args.providers, args.compile_backbone)
     results = []
     for batch in args.batch:
         x = torch.randn(batch, 3, *preset.model.image_size, device=device, dtype=DTYPES[args.dtype])
-        for impl in args.providers:
-            model.impl = impl
-            for stage, fn in stage_calls(model, x).items():
-                times = time_calls(fn, device, args.warmup, args.repeats)
-                results.append({"provider": impl, "batch": batch, "stage": stage, **summarize(times, batch)})
-        absolute, relative = output_diffs(model, x, args.providers)
+        calls = {
+            (provider, stage): _selecting(module, provider, fn)
+            for provider, module in modules.items()
+            for stage, fn in stage_calls(select(module, provider), x).items()
+        }
+        for (provider, stage), times in time_interleaved(calls, device, args.warmup, args.repeats).items():
+            results.append({"provider": provider, "batch": batch, "stage": stage, **summarize(times, batch)})
+        absolute, relative = output_diffs(modules, x)
         results.append(
             {
                 "provider": "|".join(args.providers),
@@ -122,9 +196,9 @@ def report(payload: dict, providers: list[str]) -> None:
             r["p90_ms"],
             r["p99_ms"],
             r["images_per_s"],
-            base[(r["batch"], r["stage"])] / r["median_ms"],
+            base[key] / r["median_ms"] if (key := (r["batch"], r["stage"])) in base else "-",
         ]
-        for r in rows
+        for r in sorted(rows, key=lambda r: (r["batch"], providers.index(r["provider"]), STAGES.index(r["stage"])))
     ]
     env = payload["env"]
     print(
@@ -132,6 +206,14 @@ def report(payload: dict, providers: list[str]) -> None:
         f"({env.get('gpu', env['cpu'])}, {env['torch_threads']} threads), torch {env['torch']}"
     )
     print_table(["provider", "batch", "stage", "median_ms", "p90_ms", "p99_ms", "img/s", f"x vs {providers[0]}"], table)
+    e2e = {(r["provider"], r["batch"]): r["median_ms"] for r in rows if r["stage"] == "e2e"}
+    for batch in sorted({r["batch"] for r in rows}):
+        shares = [
+            f"{r['provider']} {100 * r['median_ms'] / e2e[(r['provider'], batch)]:.0f}%"
+            for r in rows
+            if r["batch"] == batch and r["stage"] == "backbone" and (r["provider"], batch) in e2e
+        ]
+        print(f"batch {batch}: backbone share of e2e: {', '.join(shares)}")
     for r in payload["results"]:
         if r["stage"] == "max_diff":
             pair = r["provider"].replace("|", " - ")
@@ -146,7 +228,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8], help="batch sizes to sweep")
-    parser.add_argument("--providers", nargs="+", default=list(reference.IMPLS), choices=list(reference.IMPLS))
+    parser.add_argument(
+        "--providers",
+        nargs="+",
+        default=list(PROVIDERS),
+        choices=list(PROVIDERS),
+        help="inference formulations to time; ratios are against the first",
+    )
+    parser.add_argument(
+        "--compile-backbone",
+        action="store_true",
+        help="folded provider: torch.compile its backbone (inductor, freezing); compiles in the warm-up calls",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per measurement")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per measurement (median reported)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")

@@ -13,6 +13,8 @@ Two formulations of each, selected by the caller:
     * the adaptor commutes with per-channel resampling: `W @ pool(up(x)) = pool(up(W @ x))`, so the GEMM
       runs at the backbone's native resolution (8x fewer MACs at 256x256); the bias is added afterwards.
   `tests/test_reference_ops.py` proves both equal to the reference (float64 to 1e-10, float32 to 1e-5).
+The same identity-basis construction gives the 1-D operators of the folded inference graph: resize + pool +
+tap shift of a "same" 5x5 conv (zero fill), and the conv's in-bounds masks.
 
 This module knows nothing of the rest of the project.
 """
@@ -45,16 +47,50 @@ def feature_stage_reference(
     return pooled, F.conv2d(pooled, weight, bias)
 
 
-@functools.cache
-def _resize_pool_matrix_f64(n_in: int, n_out: int, align_corners: bool) -> torch.Tensor:
-    # (n_out, n_in): one axis of "bilinear resize to n_out, then 3-tap zero-padded mean"
+def _matrix_of(signal_map, n_in: int) -> torch.Tensor:
+    """The matrices of a linear 1-D map, found by pushing the n_in unit signals through it (float64).
+
+    signal_map: [n_in, 1, n_in] -> [n_in, K, n_out] (K output signals per input); returns (K, n_out, n_in).
+    """
     eye = torch.eye(n_in, dtype=torch.float64)[:, None, :]  # n_in unit signals
-    up = F.interpolate(eye, size=n_out, mode="linear", align_corners=align_corners)
-    return F.avg_pool1d(up, 3, 1, 1, count_include_pad=True).squeeze(1).T.contiguous()
+    return signal_map(eye).permute(1, 2, 0).contiguous()
+
+
+def _resize_pool_signals(x: torch.Tensor, n_out: int, align_corners: bool) -> torch.Tensor:
+    # x: [N, 1, n_in] -> [N, 1, n_out]: bilinear resize, then the 3-tap zero-padded mean (count_include_pad)
+    up = F.interpolate(x, size=n_out, mode="linear", align_corners=align_corners)
+    return F.avg_pool1d(up, 3, 1, 1, count_include_pad=True)
+
+
+def _tap_shift_signals(x: torch.Tensor, taps: int) -> torch.Tensor:
+    # x: [N, 1, n] -> [N, taps, n]: output d reads x[i + d - taps//2], zero outside (a "same" conv's zero padding)
+    return F.conv1d(x, torch.eye(taps, dtype=x.dtype, device=x.device)[:, None, :], padding="same")
+
+
+@functools.cache
+def resize_pool_matrix_f64(n_in: int, n_out: int, align_corners: bool) -> torch.Tensor:
+    # (n_out, n_in): one axis of "bilinear resize to n_out, then 3-tap zero-padded mean"
+    return _matrix_of(lambda x: _resize_pool_signals(x, n_out, align_corners), n_in)[0]
 
 
 def resize_pool_matrix(n_in: int, n_out: int, align_corners: bool, dtype: torch.dtype, device) -> torch.Tensor:
-    return _resize_pool_matrix_f64(n_in, n_out, align_corners).to(dtype=dtype, device=device)
+    return resize_pool_matrix_f64(n_in, n_out, align_corners).to(dtype=dtype, device=device)
+
+
+@functools.cache
+def resize_pool_shift_f64(n_in: int, n_out: int, align_corners: bool, taps: int) -> torch.Tensor:
+    """(taps, n_out, n_in), float64: one axis of resize + pool, then tap d of a `taps`-wide "same" conv.
+
+    Row y of tap d is the resized-and-pooled signal read at y + d - taps//2, zero outside [0, n_out): the
+    conv's zero padding. Summing `S_dy (x) S_dx` over the taps applies the conv's spatial part (kernels.md §7).
+    """
+    return _matrix_of(lambda x: _tap_shift_signals(_resize_pool_signals(x, n_out, align_corners), taps), n_in)
+
+
+@functools.cache
+def tap_in_bounds_f64(n: int, taps: int) -> torch.Tensor:
+    """(taps, n), float64: 1 where tap d of a `taps`-wide "same" conv reads inside [0, n), else 0 (padding)."""
+    return _tap_shift_signals(torch.ones(1, 1, n, dtype=torch.float64), taps)[0]
 
 
 def _separable(x: torch.Tensor, m_h: torch.Tensor, m_w: torch.Tensor) -> torch.Tensor:
@@ -124,18 +160,22 @@ def anomaly_map_reference(
     return out.sigmoid() if sigmoid else out
 
 
-@functools.cache
-def _upsample_blur_matrix_f64(n_in: int, n_out: int, sigma: float) -> torch.Tensor:
-    # (n_out, n_in): one axis of "bilinear upsample to n_out (align_corners=False), then reflect-padded Gaussian"
-    eye = torch.eye(n_in, dtype=torch.float64)[:, None, :]
-    up = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)
+def _upsample_blur_signals(x: torch.Tensor, n_out: int, sigma: float) -> torch.Tensor:
+    # x: [N, 1, n_in] -> [N, 1, n_out]: bilinear upsample (align_corners=False), then reflect-padded Gaussian
+    up = F.interpolate(x, size=n_out, mode="linear", align_corners=False)
     g = gaussian_kernel1d(sigma)
     half = g.numel() // 2
-    return F.conv1d(F.pad(up, (half, half), mode="reflect"), g[None, None]).squeeze(1).T.contiguous()
+    return F.conv1d(F.pad(up, (half, half), mode="reflect"), g[None, None])
+
+
+@functools.cache
+def upsample_blur_matrix_f64(n_in: int, n_out: int, sigma: float) -> torch.Tensor:
+    """(n_out, n_in), float64: one axis of the anomaly-map upsample + blur (reflect border folded in)."""
+    return _matrix_of(lambda x: _upsample_blur_signals(x, n_out, sigma), n_in)[0]
 
 
 def upsample_blur_matrix(n_in: int, n_out: int, sigma: float, dtype: torch.dtype, device) -> torch.Tensor:
-    return _upsample_blur_matrix_f64(n_in, n_out, float(sigma)).to(dtype=dtype, device=device)
+    return upsample_blur_matrix_f64(n_in, n_out, float(sigma)).to(dtype=dtype, device=device)
 
 
 def anomaly_map_fast(seg: torch.Tensor, size: tuple[int, int], sigma: float = 4.0, sigmoid: bool = False):

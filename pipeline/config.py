@@ -73,6 +73,11 @@ class ModelConfig:
         return tuple(2 * _resnet_out(s, 8) for s in self.image_size)
 
     @property
+    def layer_sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Spatial sizes (h, w) of the backbone's layer2 and layer3 outputs at image_size."""
+        return tuple(tuple(_resnet_out(s, stride) for s in self.image_size) for stride in (8, 16))
+
+    @property
     def blur_kernel(self) -> int:
         return 2 * math.ceil(3 * self.sigma) + 1
 

@@ -35,6 +35,21 @@ class Prediction(NamedTuple):
     anomaly_map: torch.Tensor  # [B, 1, H, W] blurred logits, or probabilities when map_sigmoid
 
 
+def check_images(images: torch.Tensor, image_size: tuple[int, int]) -> None:
+    """A clear error for anything but a float [B, 3, H, W] batch at the model's image_size."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
+    if not torch.is_floating_point(images):
+        raise TypeError(f"images must be a normalized float tensor, got dtype {images.dtype}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape [B, 3, H, W] (RGB), got {list(images.shape)}")
+    if tuple(images.shape[-2:]) != image_size:
+        raise ValueError(
+            f"image size {tuple(images.shape[-2:])} does not match the model's image_size "
+            f"{image_size} (H, W); resize the input or use a model configured for it"
+        )
+
+
 def init_weights(module: nn.Module) -> None:
     """Xavier-normal conv/linear weights, BN gamma 1; biases keep PyTorch defaults (spec §1.1)."""
     if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -98,17 +113,7 @@ class SuperSimpleNet(nn.Module):
         return {"adaptor": self.adaptor, "seg_head": self.seg_head, "cls_head": self.cls_head}
 
     def check_input(self, images: torch.Tensor) -> None:
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
-        if not torch.is_floating_point(images):
-            raise TypeError(f"images must be a normalized float tensor, got dtype {images.dtype}")
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must have shape [B, 3, H, W] (RGB), got {list(images.shape)}")
-        if tuple(images.shape[-2:]) != self.config.image_size:
-            raise ValueError(
-                f"image size {tuple(images.shape[-2:])} does not match the model's image_size "
-                f"{self.config.image_size} (H, W); resize the input or use a model configured for it"
-            )
+        check_images(images, self.config.image_size)
 
     def features(self, images: torch.Tensor, need_pooled: bool = True) -> Features:
         self.check_input(images)

@@ -82,6 +82,56 @@ def model_stats(config: ModelConfig) -> list[ModuleStats]:
     return rows
 
 
+PROVIDERS = ("reference", "fast-cpu", "folded")
+
+
+def _macs(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() // 2  # matmul/conv FLOPs are 2 per multiply-accumulate
+
+
+def provider_macs(config: ModelConfig) -> dict[str, dict[str, int]]:
+    """MACs per image and stage of each provider, counted on the ops each one runs (FlopCounterMode, meta device).
+
+    Stages: backbone, heads (backbone features -> seg map + score logit, the feature stage included),
+    postprocess (map upsample + blur). Matmuls and convolutions count as they execute, dense resampling too.
+    """
+    from kernels import reference
+    from pipeline.folded import FoldedSSN
+    from pipeline.model import Features
+
+    model = build_meta_model(config)
+    x = torch.empty(1, 3, *config.image_size, device="meta")
+    need_pooled = not config.adapt_cls_features
+    out = {}
+    with torch.no_grad():
+        l2, l3 = model.backbone(x)
+        for impl in PROVIDERS[:2]:
+
+            def heads(impl=impl):
+                w, b = model.adaptor.weight, model.adaptor.bias
+                feats = Features(*reference.feature_stage(l2, l3, w, b, config.align_corners, impl, need_pooled))
+                return model.heads(feats.adapted, model.cls_input(feats))
+
+            model.impl = impl
+            seg_map, _ = heads()
+            out[impl] = {"backbone": _macs(lambda: model.backbone(x)), "heads": _macs(heads)}
+            out[impl]["postprocess"] = _macs(lambda seg_map=seg_map: model.postprocess(seg_map))
+        folded = FoldedSSN.from_model(model)
+        seg_map = folded.seg_path(l2, l3)
+        out["folded"] = {
+            "backbone": _macs(lambda: folded.backbone(x)),
+            "heads": _macs(lambda: folded.heads(l2, l3)),
+            "postprocess": _macs(lambda: folded.postprocess(seg_map)),
+        }
+    for stages in out.values():
+        stages["total"] = sum(stages.values())
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # `ssn info`
 
@@ -116,6 +166,7 @@ def run_info(args) -> int:
             "model": dataclasses.asdict(config),
             "train": dataclasses.asdict(preset.train),
             "modules": [dataclasses.asdict(r) | {"gflops": r.gflops} for r in rows],
+            "gmacs_per_provider": {p: {k: v / 1e9 for k, v in st.items()} for p, st in provider_macs(config).items()},
         }
         print(json.dumps(payload, indent=2))
         return 0
@@ -131,4 +182,9 @@ def run_info(args) -> int:
     for r in rows:
         print(f"{r.name:<12} {r.params:>12,} {r.trainable:>12,} {r.gflops:>11.2f}")
     print("GFLOPs = 2 x MACs of convs and linears at image_size, batch 1; postprocess is the 2-D blur.")
+    print(f"\n{'provider':<12} {'backbone':>9} {'heads':>9} {'postproc':>9} {'total':>9}   GMACs/img as each runs")
+    for provider, st in provider_macs(config).items():
+        cells = " ".join(f"{st[k] / 1e9:>9.2f}" for k in ("backbone", "heads", "postprocess", "total"))
+        print(f"{provider:<12} {cells}")
+    print("heads = backbone features -> seg map + score (feature stage included); dense resampling matrices counted.")
     return 0

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench import backbone_cpu
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,18 +29,31 @@ def test_throughput_table_and_json(tmp_path):
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    for word in ("provider", "median_ms", "p99_ms", "img/s", "x vs reference", "fast-cpu", "postprocess", "e2e"):
+    for word in ("provider", "median_ms", "p99_ms", "img/s", "x vs reference", "fast-cpu", "folded", "feat+heads"):
         assert word in out.stdout
     assert "GPU figures need --device cuda" in out.stdout
+    assert "max |reference - fast-cpu - folded|" in out.stdout
     data = json.loads(out_json.read_text())
     assert data["preset"] == "tiny" and data["env"]["device"] == "cpu"
     timed = [r for r in data["results"] if r["stage"] != "max_diff"]
     keys = {(r["provider"], r["batch"], r["stage"]) for r in timed}
-    stages = ("backbone", "feature", "heads", "postprocess", "e2e")
-    assert keys == {(p, b, s) for p in ("reference", "fast-cpu") for b in (1, 2) for s in stages}
+    common = ("backbone", "feat+heads", "postprocess", "e2e")
+    stages = {"reference": ("feature", "heads"), "fast-cpu": ("feature", "heads"), "folded": ("seg", "cls")}
+    assert keys == {(p, b, s) for p, own in stages.items() for b in (1, 2) for s in (*common, *own)}
     assert all(r["median_ms"] > 0 and r["p99_ms"] >= r["median_ms"] for r in timed)
     diffs = [r for r in data["results"] if r["stage"] == "max_diff"]
     assert len(diffs) == 2 and max(r["abs"] for r in diffs) <= 1e-5 and max(r["rel"] for r in diffs) <= 1e-5
+
+
+def test_backbone_cpu_variants_table(tmp_path, capsys):
+    out_json = tmp_path / "bb.json"
+    args = ["--batch", "1", "--repeats", "1", "--warmup", "0", "--variants", "eager", "channels_last"]
+    assert backbone_cpu.main([*args, "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "x vs eager" in printed and "channels_last" in printed
+    rows = json.loads(out_json.read_text())["results"]
+    assert [r["variant"] for r in rows] == ["eager", "channels_last"]
+    assert rows[0]["max_rel_diff"] == 0 and rows[1]["max_rel_diff"] <= 1e-5  # same outputs, other layout
 
 
 def test_throughput_rejects_bad_batch(tmp_path):

@@ -31,6 +31,10 @@ def test_info_mvtec_table():
     assert "33,719,363" in out.stdout and "8,856,835" in out.stdout and "2,360,832" in out.stdout
     assert "model.backbone" in out.stdout and "wide_resnet50_2" in out.stdout
     assert "train.perlin_threshold" in out.stdout
+    folded = next(line.split() for line in out.stdout.splitlines() if line.startswith("folded "))
+    reference = next(line.split() for line in out.stdout.splitlines() if line.startswith("reference "))
+    assert reference[1:] == ["12.00", "36.26", "0.04", "48.30"]  # backbone, heads, postprocess, total GMACs
+    assert folded[1] == "12.00" and float(folded[2]) < 36.26 / 8 and float(folded[4]) < 48.30 / 3
 
 
 def test_info_json_with_override():
@@ -40,6 +44,10 @@ def test_info_json_with_override():
     assert data["train"]["perlin_threshold"] == 0.6 and data["train"]["supervised"] is True
     total = next(m for m in data["modules"] if m["name"] == "total")
     assert total["gflops"] == pytest.approx(2 * 109.83, rel=1e-3)
+    gmacs = data["gmacs_per_provider"]
+    assert gmacs["reference"]["total"] == pytest.approx(109.83, rel=1e-3)
+    assert gmacs["folded"]["backbone"] == gmacs["reference"]["backbone"]
+    assert gmacs["folded"]["heads"] < gmacs["fast-cpu"]["heads"] < gmacs["reference"]["heads"]
 
 
 def test_info_unknown_preset():

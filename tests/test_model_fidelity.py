@@ -8,10 +8,15 @@ import torch.nn.functional as F
 import torchvision
 from conftest import TINY
 from conftest import make_model
+from scipy import stats
+from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.transforms.functional import gaussian_blur
 
 from pipeline.config import ModelConfig
+
+BN_EPS = 1e-5  # nn.BatchNorm2d default, as the official code uses it (spec §1.1); never read from the model
+BLUR_KERNEL = {4.0: 25, 3.5: 23}  # spec: 2 * ceil(3 sigma) + 1 (3.5: ceil, not round, which would give 21)
 
 
 def spec_forward(model, images: torch.Tensor, align_corners: bool, adapt_cls: bool):
@@ -34,7 +39,7 @@ def spec_forward(model, images: torch.Tensor, align_corners: bool, adapt_cls: bo
             s[1].running_var,
             s[1].weight,
             s[1].bias,
-            eps=s[1].eps,
+            eps=BN_EPS,
         ),
         0.2,
     )
@@ -43,9 +48,7 @@ def spec_forward(model, images: torch.Tensor, align_corners: bool, adapt_cls: bo
     x = torch.cat([adapted if adapt_cls else pooled, seg], dim=1)
     x = F.conv2d(x, c.conv[0].weight, c.conv[0].bias, padding=2)
     x = F.relu(
-        F.batch_norm(
-            x, c.conv[1].running_mean, c.conv[1].running_var, c.conv[1].weight, c.conv[1].bias, eps=c.conv[1].eps
-        )
+        F.batch_norm(x, c.conv[1].running_mean, c.conv[1].running_var, c.conv[1].weight, c.conv[1].bias, eps=BN_EPS)
     )
     vec = torch.cat(
         [
@@ -58,7 +61,8 @@ def spec_forward(model, images: torch.Tensor, align_corners: bool, adapt_cls: bo
     ).flatten(1)
     score = F.linear(vec, c.fc.weight, c.fc.bias).squeeze(1)
     # official map: interpolate (align_corners False) then torchvision GaussianBlur(25, sigma=4), reflect
-    amap = gaussian_blur(F.interpolate(seg, size=images.shape[-2:], mode="bilinear"), [25, 25], [4.0, 4.0])
+    k, sigma = BLUR_KERNEL[model.config.sigma], model.config.sigma
+    amap = gaussian_blur(F.interpolate(seg, size=images.shape[-2:], mode="bilinear"), [k, k], [sigma, sigma])
     return score, amap
 
 
@@ -79,6 +83,18 @@ def test_model_equals_spec_composition(align_corners, adapt_cls, batch, impl):
     assert (pred.score_logit - score).abs().max().item() <= 1e-5
     assert (pred.anomaly_map - amap).abs().max().item() <= 1e-5
     assert torch.equal(pred.score, pred.score_logit.sigmoid())
+
+
+def test_non_integer_sigma_equals_spec_composition():
+    """sigma 3.5: the blur kernel is 23 taps (ceil); a model rounding 10.5 down to 10 (21 taps) fails here."""
+    config = ModelConfig(backbone="resnet18", image_size=(64, 96), sigma=3.5)
+    model = make_model(config, seed=4)
+    images = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        pred = model(images)
+        score, amap = spec_forward(model, images, config.align_corners, config.adapt_cls_features)
+    assert (pred.anomaly_map - amap).abs().max().item() <= 1e-5
+    assert (pred.score_logit - score).abs().max().item() <= 1e-5
 
 
 def test_map_sigmoid_option(tiny_model):
@@ -143,10 +159,31 @@ def test_initialisation(tiny_model):
     for bn in (model.seg_head[1], model.cls_head.conv[1]):
         assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and not bn.bias.any()
     w = model.adaptor.weight
-    fan = w.shape[0] + w.shape[1]
-    assert abs(w.std().item() - (2 / fan) ** 0.5) < 0.05 * (2 / fan) ** 0.5  # xavier-normal std
     bound = 1 / w.shape[1] ** 0.5  # PyTorch default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     assert model.adaptor.bias.abs().max() <= bound and model.adaptor.bias.std() > bound / 4
+
+
+def test_every_conv_and_linear_is_xavier_normal():
+    """Distribution check per layer, not only the std (Xavier-uniform has the same std):
+    - Kolmogorov-Smirnov against N(0, gain^2 * 2 / (fan_in + fan_out)) does not reject (p > 1e-3);
+    - the share of |w| beyond sqrt(3) std, where Xavier-uniform has no mass at all, is the normal's 8.3 % +- half;
+    - for layers of >= 10k weights, KS against the same-std uniform rejects (p < 1e-6)."""
+    model = make_model(seed=3)
+    layers = {
+        name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and "backbone" not in name
+    }
+    assert set(layers) == {"adaptor", "seg_head.0", "seg_head.3", "cls_head.conv.0", "cls_head.fc"}
+    normal_tail = 2 * stats.norm.sf(3**0.5)  # 0.0833
+    for name, layer in layers.items():
+        w = layer.weight.detach().double()
+        receptive = w[0, 0].numel()
+        std = (2 / ((w.shape[0] + w.shape[1]) * receptive)) ** 0.5
+        z = (w / std).flatten().numpy()
+        assert stats.kstest(z, "norm").pvalue > 1e-3, name
+        tail = (abs(z) > 3**0.5).mean()
+        assert 0.5 * normal_tail < tail < 1.5 * normal_tail, (name, tail)
+        if z.size >= 10_000:
+            assert stats.kstest(z, "uniform", args=(-(3**0.5), 2 * 3**0.5)).pvalue < 1e-6, name
 
 
 def test_batch_of_one_and_batch_independence(tiny_model):

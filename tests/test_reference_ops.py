@@ -63,6 +63,30 @@ def test_resize_targets_twice_layer2_size():
     assert ref.upscale_pool_reference(l2, l3, True).shape == (1, 5, 160, 58)
 
 
+@pytest.mark.parametrize(
+    "align_corners,along_width",
+    [
+        # [0, 1] resized to 4: src = dst * (in - 1) / (out - 1) -> [0, 1/3, 2/3, 1]; 3-tap zero-padded mean
+        (True, [1 / 9, 1 / 3, 2 / 3, 5 / 9]),
+        # src = (dst + 0.5) * in / out - 0.5, clamped at 0 -> [0, 1/4, 3/4, 1]; 3-tap zero-padded mean
+        (False, [1 / 12, 1 / 3, 2 / 3, 7 / 12]),
+    ],
+    ids=["ac-true", "ac-false"],
+)
+def test_upscale_pool_hand_computed(align_corners, along_width):
+    """2x2 -> 4x4, worked by hand: columns [0, 1] along the width, constant along the height (pooled: 2/3 at the
+    top and bottom rows, whose zero padding counts); layer3 holds the mirrored image."""
+    l2 = torch.tensor([[0.0, 1.0], [0.0, 1.0]], dtype=torch.float64)[None, None]
+    rows = torch.tensor([2 / 3, 1, 1, 2 / 3], dtype=torch.float64)
+    cols = torch.tensor(along_width, dtype=torch.float64)
+    expected = torch.stack([rows[:, None] * cols, rows[:, None] * cols.flip(0)])[None]  # [1, 2, 4, 4]
+    zeros = torch.zeros(2, 2, 1, 1, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    for impl in ref.IMPLS:
+        pooled, _ = ref.feature_stage(l2, l2.flip(-1), *zeros, align_corners, impl)
+        torch.testing.assert_close(pooled, expected, atol=1e-15, rtol=0)
+    torch.testing.assert_close(ref.resize_pool_matrix_f64(2, 4, align_corners)[:, 1], cols, atol=1e-15, rtol=0)
+
+
 def test_align_corners_changes_the_result():
     l2, l3, w, b = _features((6, 6, 3, 3))
     a = ref.upscale_pool_reference(l2, l3, True)
@@ -80,12 +104,15 @@ def test_gaussian_kernel():
 MAP_CASES = [((16, 16), (64, 64)), ((8, 12), (32, 48)), ((5, 7), (23, 31)), ((16, 16), (16, 16))]
 
 
+@pytest.mark.parametrize("sigma,kernel", [(4.0, 25), (3.5, 23)], ids=["sigma4", "sigma3.5"])
 @pytest.mark.parametrize("src,dst", MAP_CASES, ids=str)
-def test_anomaly_map_matches_torchvision_blur(src, dst):
-    """Reference = official: interpolate (align_corners False) + torchvision GaussianBlur(25, 4), reflect."""
+def test_anomaly_map_matches_torchvision_blur(src, dst, sigma, kernel):
+    """Reference = official: interpolate (align_corners False) + torchvision GaussianBlur(2 ceil(3 sigma) + 1,
+    sigma), reflect; at sigma 3.5 the kernel is 23 (ceil of 10.5), not 21 (round)."""
     seg = torch.randn(3, 1, *src, dtype=torch.float64)
-    official = gaussian_blur(F.interpolate(seg, size=dst, mode="bilinear"), [25, 25], [4.0, 4.0])
-    torch.testing.assert_close(ref.anomaly_map_reference(seg, dst), official, atol=1e-12, rtol=0)
+    official = gaussian_blur(F.interpolate(seg, size=dst, mode="bilinear"), [kernel, kernel], [sigma, sigma])
+    for impl in ref.IMPLS:
+        torch.testing.assert_close(ref.anomaly_map(seg, dst, sigma, impl=impl), official, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("src,dst", MAP_CASES, ids=str)
