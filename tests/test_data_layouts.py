@@ -10,6 +10,7 @@ import torch
 from pipeline.config import ModelConfig
 from pipeline.images import read_rgb
 from pipeline.images import to_model_input
+from training.data.base import available_splits
 from training.data.base import build_dataset
 from training.data.base import validation_split
 
@@ -106,6 +107,10 @@ def test_folder_layout_with_partial_masks(tmp_path):
     assert [bool(train[i]["is_segmented"]) for i in range(5)] == [True, True, True, True, False]
     check_contract(train[3], 3)
     assert float(train[3]["mask"].sum()) > 0 and float(train[4]["mask"].sum()) == 0
+    assert available_splits("folder", tmp_path) == ("train",)
+    datafakes.folder(tmp_path, split="val", good=1, defects=1, masks=1)
+    assert available_splits("folder", tmp_path) == ("train", "val")
+    assert available_splits("mvtec", tmp_path) == ("train", "test")
 
 
 def test_dilation_and_distance_weights_apply_to_training_positives(tmp_path):

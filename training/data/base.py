@@ -268,6 +268,19 @@ def validation_split(dataset: DefectDataset, fraction: float, seed: int) -> tupl
     return dataset.subset(rest), dataset.subset(val)
 
 
+def _layout_module(name: str):
+    key = str(name).lower()
+    if key not in DATASETS:
+        raise DatasetError(f"dataset {name!r} is unknown; accepted: {', '.join(DATASETS)}")
+    return key, importlib.import_module(f"training.data.{DATASETS[key]}")
+
+
+def available_splits(name: str, root: str | Path | None) -> tuple[str, ...]:
+    """The splits a layout has under `root`: ('train', 'test') for the published ones; the folder layout's vary."""
+    _, module = _layout_module(name)
+    return module.splits(Path(root)) if hasattr(module, "splits") else ("train", "test")
+
+
 def build_dataset(
     name: str, root: str | Path | None, split: str, config: ModelConfig, category: str | None = None, **options
 ) -> DefectDataset:
@@ -276,12 +289,9 @@ def build_dataset(
     Options common to all layouts: dilate (int), dt ((w, p)), good_only, requires_masks, check_files. Layout
     options: ksdd2 num_segmented/split_file; sensum fold/ratio; synthetic seed/size/train/test/categories.
     """
-    key = str(name).lower()
-    if key not in DATASETS:
-        raise DatasetError(f"dataset {name!r} is unknown; accepted: {', '.join(DATASETS)}")
+    key, module = _layout_module(name)
     if split not in SPLITS:
         raise DatasetError(f"split={split!r} is unknown; accepted: {', '.join(SPLITS)}")
-    module = importlib.import_module(f"training.data.{DATASETS[key]}")
     fixed = ("root", "split", "config", "category", "common")
     own = [p for p in inspect.signature(module.build).parameters if p not in fixed]
     unknown = sorted(set(options) - set(own) - set(COMMON_OPTIONS))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import ModelConfig
+from training.data.base import SPLITS
 from training.data.base import DatasetError
 from training.data.base import DefectDataset
 from training.data.base import Record
@@ -23,6 +24,10 @@ ROOT/
 ├── val/           optional, same sub-folders (thresholds are chosen here; without it: validation_split)
 └── test/          optional, same sub-folders
 (MVTec-style trees can also be read with the name "mvtec")"""
+
+
+def splits(root: Path) -> tuple[str, ...]:
+    return tuple(s for s in SPLITS if (root / s).is_dir())
 
 
 def build(root: Path, split: str, config: ModelConfig, category: str | None = None, **common) -> DefectDataset:
