@@ -21,6 +21,7 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "info": Command("pipeline.stats", "config, parameter counts and GFLOPs per module"),
     "infer": Command("pipeline.infer", "defect score per image; heat-map PNGs with --out"),
+    "synth": Command("training.data.synthetic", "write the synthetic defect dataset (MVTec layout, PNG)"),
 }
 
 
