@@ -201,6 +201,9 @@ def test_rank_metrics_match_sklearn_on_random_data(ties):
     assert result["P-AUROC"] == pytest.approx(roc_auc_score(masks.ravel(), pixels.ravel()), abs=1e-12)
     assert result["AP-loc"] == pytest.approx(average_precision_score(masks.ravel(), pixels.ravel()), abs=1e-12)
     assert result["AUPRO"] == pytest.approx(anomalib_aupro(pixels.astype(np.float32), masks), abs=2e-6)
+    probabilities = maps / np.float32(2)
+    pixel_threshold = f1_thresholds(scores / 2, labels, probabilities, masks)["pixel"]
+    assert pixel_threshold == f1_optimal_threshold(probabilities, masks)  # weighted samples: the same choice
 
 
 def test_min_max_normalisation_invariance():

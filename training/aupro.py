@@ -98,24 +98,17 @@ def _region_curve(bg: _Background, region_asc: np.ndarray) -> tuple[np.ndarray, 
     so K points have FPR <= limit and point K + 1 (the cut-off score) is the first beyond it.
     """
     d = bg.values.size - 1  # distinct background scores above the cut-off
-    above = region_asc[region_asc > bg.cut]
-    distinct = np.unique(above)[::-1]  # descending
-    rank = _count_greater(bg.values, distinct)  # #distinct bg scores above each region score
-    own = (rank == bg.values.size) | (bg.values[np.minimum(rank, d)] != distinct)  # not a background score
+    distinct = np.unique(region_asc[region_asc > bg.cut])[::-1]  # descending
+    rank = _count_greater(bg.values, distinct)  # #distinct bg scores above each (<= d: all are > the cut-off)
+    own = bg.values[rank] != distinct  # region-only scores: new ROC points inserted into the background's
     own_values, own_rank = distinct[own], rank[own]
-    n_points = d + own_values.size + 2
-    # merged position of background score k = 1 + k + #own scores above it; of own score m = 1 + rank + m
-    own_above_bg = np.bincount(own_rank, minlength=d + 1).cumsum()
-    pos_bg = 1 + np.arange(d + 1) + own_above_bg
-    pos_own = 1 + own_rank + np.arange(own_values.size)
-    fp = np.zeros(n_points, dtype=bg.at_or_above.dtype)
-    tp = np.zeros(n_points, dtype=bg.at_or_above.dtype)
-    fp[pos_bg] = bg.at_or_above[1:]
-    fp[pos_own] = bg.at_or_above[own_rank]
-    # region scores >= background score k: those whose count of greater bg scores is <= k
-    region_rank = _count_greater(bg.values, region_asc[region_asc >= bg.cut])
-    tp[pos_bg] = np.bincount(region_rank, minlength=d + 2)[: d + 1].cumsum()
-    tp[pos_own] = region_asc.size - np.searchsorted(region_asc, own_values, side="left")
+    # background point k sits at index k + 1 of at_or_above; an own score goes before the first bg score below it
+    fp = np.insert(bg.at_or_above, 1 + own_rank, bg.at_or_above[own_rank])
+    # region scores >= background score k: those with at most k greater background scores
+    tp_bg = np.bincount(_count_greater(bg.values, region_asc[region_asc >= bg.cut]), minlength=d + 2)
+    tp_bg[0], tp_bg[1:] = 0, tp_bg[:-1].cumsum()  # [origin, bg score 0..d]
+    tp_own = region_asc.size - np.searchsorted(region_asc, own_values, side="left")
+    tp = np.insert(tp_bg.astype(fp.dtype), 1 + own_rank, tp_own)
     return fp, tp
 
 
@@ -161,7 +154,7 @@ def aupro_of(pixels: PixelScores, fpr_limit: float = FPR_LIMIT) -> tuple[float |
     bounds = np.searchsorted(pixels.region, np.arange(1, n_regions + 2))
     # output_size: global ROC points with FPR <= limit = origin + distinct scores of all pixels above the cut-off
     pos_above = np.unique(scores[scores > bg.cut])
-    in_bg = bg.values[np.minimum(_count_greater(bg.values, pos_above), bg.values.size - 1)] == pos_above
+    in_bg = bg.values[_count_greater(bg.values, pos_above)] == pos_above
     grid = 1 + (bg.values.size - 1) + int(np.count_nonzero(~in_bg))
 
     # the last kept point and the first beyond the limit have the same FPR for every region (shared background)
@@ -172,21 +165,23 @@ def aupro_of(pixels: PixelScores, fpr_limit: float = FPR_LIMIT) -> tuple[float |
     fraction = 1.0 - (float(fpr_next) - float(limit32)) / (float(fpr_next) - float(fpr_last))
 
     tpr_sum = np.zeros(grid, dtype=np.float64)
-    fpr_sum = np.zeros(grid, dtype=np.float64)
+    fp_sum = np.zeros(grid, dtype=np.float64)  # false-positive counts, divided by the background once at the end
+    grid_index = np.arange(grid, dtype=np.float64)
+    point_index = np.arange(grid + 1, dtype=np.float64)  # a curve has at most grid + 1 points used
     for r in range(n_regions):
         region = scores[bounds[r] : bounds[r + 1]]
         fp, tp = _region_curve(bg, region)
         last = fp.size - 1 if interpolate else fp.size - 2  # index of the last point used
+        used = point_index[: last + 1]
         for start in range(0, grid, _CHUNK):  # chunks bound the temporaries
             stop = min(start + _CHUNK, grid)
             # sample positions in point-index units: the common grid stretched onto this curve's points
-            where = np.arange(start, stop, dtype=np.float64) * (last / (grid - 1))
+            where = grid_index[start:stop] * (last / (grid - 1))
             if stop == grid:
                 where[-1] = (last - 1 + fraction) if interpolate else last
-            left = np.minimum(where.astype(np.int64), last - 1)
-            step = where - left
-            tpr_sum[start:stop] += (tp[left] + (tp[left + 1] - tp[left]) * step) / region.size
-            fpr_sum[start:stop] += (fp[left] + (fp[left + 1] - fp[left]) * step) / bg.count
+            tpr_sum[start:stop] += np.interp(where, used, tp[: last + 1]) / region.size
+            fp_sum[start:stop] += np.interp(where, used, fp[: last + 1])
+    fpr_sum = fp_sum / bg.count
     tpr, fpr = tpr_sum / n_regions, fpr_sum / n_regions
     order = np.argsort(fpr, kind="stable")  # torchmetrics auc(reorder=True)
     area = np.trapz(tpr[order], fpr[order])
