@@ -13,9 +13,9 @@ API (all inputs are numpy arrays for the whole evaluated split, in test-set orde
 Inputs:
 - scores [N] float: image score probabilities, sigmoid(s) of the classification head (not the map max).
 - labels [N] {0, 1}: 1 = defect image.
-- maps [N, H, W] float32: anomaly maps at input resolution; probabilities (map_sigmoid=True) for `f1_thresholds`.
-  Rank metrics are the same for logit maps.
-- masks [N, H, W] bool: ground truth at the same resolution; all False for good images.
+- maps [N, H, W] (or [N, 1, H, W]) float32: anomaly maps at input resolution; probabilities (map_sigmoid=True)
+  for `f1_thresholds`. Rank metrics are the same for logit maps.
+- masks [N, H, W] (or [N, 1, H, W]) bool or {0, 1}: ground truth at the same resolution; all False for good images.
 - segmented [N] bool or None: images whose mask is usable (False for defect images without a mask); pixel metrics
   and the pixel threshold use only those. None = all.
 
@@ -56,6 +56,10 @@ def check_predictions(scores, labels, maps, masks, segmented=None):
     labels = np.asarray(labels)
     maps = np.asarray(maps, dtype=np.float32)
     masks = np.asarray(masks)
+    if maps.ndim == 4 and maps.shape[1] == 1:  # [N, 1, H, W] as the model and the datasets give them
+        maps = maps[:, 0]
+    if masks.ndim == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
     if scores.ndim != 1 or scores.size == 0:
         raise ValueError(f"scores must be a non-empty [N] array, got shape {list(scores.shape)}")
     n = scores.size
