@@ -24,7 +24,9 @@ defect-free scores and the per-region defect scores, shared with P-AUROC and AP-
 
 Undefined cases return (None, reason) instead of NaN: no defect pixels, no defect-free pixels, or no operating point
 with 0 < FPR <= 0.3 (more than 30% of the defect-free pixels share the top score, e.g. a constant map; anomalib 0.7
-returns NaN or integrates past the limit there).
+returns NaN or integrates past the limit there). A map that ranks every defect pixel above every defect-free one
+gets 1 up to the index-grid resampling (about 1e-5 below), unless its defect-free pixels all tie (binary map):
+that is the undefined case above.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ Inputs:
 Semantics (authors' `train.py` test(), anomalib 0.7 metrics): scores, the per-image map maxima and the maps are each
 min-max normalised over the whole split (float32, as the official code; rank metrics do not change); I-AUROC and
 AP-det on the scores, seg-I-AUROC and seg-AP-det on the map maxima, P-AUROC and AP-loc over all pixels, AUPRO to
-FPR 0.3 as `training.aupro`. ROC/AP from scikit-learn (same step and trapezoid rules as torchmetrics).
+FPR 0.3 as `training.aupro`. ROC/AP from scikit-learn (same step and trapezoid rules as torchmetrics). A constant
+input normalises to zeros (the official code divides by zero there). Non-finite scores or maps are an error.
 """
 
 from __future__ import annotations
