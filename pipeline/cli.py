@@ -22,6 +22,8 @@ COMMANDS: dict[str, Command] = {
     "info": Command("pipeline.stats", "config, parameter counts and GFLOPs per module"),
     "infer": Command("pipeline.infer", "defect score per image; heat-map PNGs with --out"),
     "synth": Command("training.data.synthetic", "write the synthetic defect dataset (MVTec layout, PNG)"),
+    "train": Command("training.cli", "train a preset in a supervision regime; evaluate; store alarm thresholds"),
+    "eval": Command("training.eval_cli", "paper metrics, report and (optionally) thresholds for a checkpoint"),
 }
 
 

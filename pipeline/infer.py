@@ -1,4 +1,7 @@
-"""`ssn infer`: score image files with a checkpoint; heat-map PNGs on request. A bad file fails that file only."""
+"""`ssn infer`: score image files with a checkpoint; heat-map PNGs on request. A bad file fails that file only.
+
+With alarm thresholds in the checkpoint (set by `ssn train` / `ssn eval --store-thresholds`) each image also gets a
+label (`defect` when score >= the image threshold) and the share of pixels at or above the pixel threshold."""
 
 from __future__ import annotations
 
@@ -26,6 +29,15 @@ def configure_infer(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON results")
 
 
+def alarm_thresholds(metadata: dict[str, str]) -> dict[str, float]:
+    """The checkpoint's `thresholds` (image: score probability, pixel: map probability); {} when absent."""
+    try:
+        raw = json.loads(metadata.get("thresholds") or "{}")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"checkpoint metadata 'thresholds' is not JSON: {err}") from err
+    return {k: float(raw[k]) for k in ("image", "pixel") if isinstance(raw.get(k), (int, float))}
+
+
 def run_infer(args) -> int:
     import torch
 
@@ -35,9 +47,10 @@ def run_infer(args) -> int:
     from pipeline.images import save_heatmap
 
     # map_sigmoid: heat maps and map_max as probabilities
-    model, _ = load_checkpoint(
+    model, metadata = load_checkpoint(
         args.checkpoint, backbone_weights=args.backbone_weights, impl=args.impl, map_sigmoid=True
     )
+    thresholds = alarm_thresholds(metadata)
     failed = 0
     results = []
     for path in args.images:
@@ -57,11 +70,16 @@ def run_infer(args) -> int:
             "score_logit": float(pred.score_logit[0]),
             "map_max": float(prob_map.max()),
         }
+        if "image" in thresholds:  # raw probability space; a defect when score >= threshold
+            row["label"] = "defect" if row["score"] >= thresholds["image"] else "good"
+        if "pixel" in thresholds:
+            row["defect_area"] = float((prob_map >= thresholds["pixel"]).mean())
         if args.out:
             row["heatmap"] = str(save_heatmap(rgb, prob_map, Path(args.out) / f"{Path(path).stem}_heatmap.png"))
         results.append(row)
         if not args.json:
-            print(f"{row['score']:.6f}  {path}" + (f"  -> {row['heatmap']}" if args.out else ""))
+            label = f"  {row['label']:<6}" if "label" in row else ""
+            print(f"{row['score']:.6f}{label}  {path}" + (f"  -> {row['heatmap']}" if args.out else ""))
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if failed else 0

@@ -6,7 +6,8 @@
 | cls_head | cls_lr   | 1e-5                    |
 
 Milestones are `int(0.8 E)` and `int(0.9 E)` (anomalib's rounding; the official float milestones give the same
-epochs whenever 0.8 E and 0.9 E are integers, e.g. 240 and 270 for E = 300).
+epochs whenever 0.8 E and 0.9 E are integers, e.g. 240 and 270 for E = 300), and at least 1: a very short run
+(E = 1) starts at the full learning rate instead of decaying before its first step.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def build_optimizer(model: SuperSimpleNet, train: TrainConfig) -> AdamW:
 
 
 def milestones(epochs: int) -> list[int]:
-    return [int(epochs * 0.8), int(epochs * 0.9)]
+    return [max(1, int(epochs * 0.8)), max(1, int(epochs * 0.9))]
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, epochs: int) -> MultiStepLR:

@@ -164,8 +164,11 @@ def fit(
     device: torch.device,
     info: DistInfo | None = None,
     log: Callable[[str], None] = print,
+    on_epoch_end: Callable[[int, SuperSimpleNet], dict | None] | None = None,
 ) -> FitResult:
-    """Train `model` in place on `dataset` (training split, sample contract) and return the loss history."""
+    """Train `model` in place on `dataset` (training split, sample contract) and return the loss history.
+    `on_epoch_end(epoch, model)` (rank 0, e.g. a logging-only evaluation) may return a dict added to the epoch's
+    history row; the model is back in training mode afterwards and no random state is consumed."""
     info = info or DistInfo()
     say = log if info.is_main else (lambda _msg: None)
     model.to(device).train()
@@ -203,6 +206,9 @@ def fit(
     for epoch in range(start, last):
         row = run_epoch(model, forward, optimizer, view, sampler, cache, epoch, resolved, opts, device, info, result)
         scheduler.step()
+        if on_epoch_end is not None and info.is_main:
+            row |= on_epoch_end(epoch + 1, model) or {}
+            model.train()
         history.append(row)
         done = epoch + 1
         periodic = opts.checkpoint_every and done % opts.checkpoint_every == 0
