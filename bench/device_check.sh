@@ -12,3 +12,7 @@ python bench/throughput.py --preset mvtec --device cuda --dtype fp16 --batch 1 1
     --json "$out/throughput_mvtec_fp16.json"
 python bench/throughput.py --preset mvtec --device cuda --dtype fp32 --batch 1 16 --warmup 10 --repeats 50 \
     --json "$out/throughput_mvtec_fp32.json"
+# training (bench/train.py): per-stage img/s for tiny and mvtec, bf16 autocast, uncached vs feature cache
+python bench/train.py --presets tiny mvtec --device cuda --batch 32 --precision bf16 --json "$out/train_cuda_bf16.json"
+# training on CUDA: bf16 autocast trains; the feature cache is exact on the GPU (tests/test_train_gpu.py)
+python -m pytest -q -m gpu tests/test_train_gpu.py

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import environment  # noqa: E402
 from bench.harness import print_table  # noqa: E402
-from bench.harness import sync  # noqa: E402
+from bench.harness import time_calls  # noqa: E402
 from bench.harness import write_json  # noqa: E402
 from pipeline.backbone import load_backbone  # noqa: E402
 from pipeline.config import PRESETS  # noqa: E402
@@ -78,20 +77,6 @@ def samples_for(config, batch: int, seed: int = 0) -> list[dict]:
         }
         for i in range(batch)
     ]
-
-
-def timed(fn, device, warmup: int, repeats: int) -> float:
-    """Median seconds of `fn()` over `repeats` calls after `warmup`."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench_preset(name: str, args, device: torch.device) -> list[dict]:
@@ -144,7 +129,7 @@ def bench_preset(name: str, args, device: torch.device) -> list[dict]:
     fwd_bwd()  # gradients exist before the optimizer stage is timed
     rows = []
     for stage in STAGES:
-        seconds = timed(calls[stage], device, args.warmup, args.repeats)
+        seconds = statistics.median(time_calls(calls[stage], device, args.warmup, args.repeats, inference=False))
         row = {"preset": name, "batch": batch, "stage": stage, "median_ms": 1e3 * seconds}
         rows.append(row | {"images_per_s": batch / seconds})
     return rows

@@ -10,6 +10,7 @@ i * N + rank, which keys its synthetic anomalies (training/generator.py).
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -175,47 +176,52 @@ def fit(
     if info.enabled:
         for head in (model.seg_head, model.cls_head):
             distributed.global_batchnorm(head, device)
-    forward = distributed.wrap(TrainForward(model, AnomalyGenerator(resolved.generator)), info, device)
     optimizer = build_optimizer(model, resolved.train)
     scheduler = build_scheduler(optimizer, opts.epochs)
     start, history = 0, []
     if opts.resume:
         start, history = restore(model, optimizer, scheduler, resolved, opts)
         say(f"resumed after epoch {start} of {opts.epochs} from {st.checkpoint_dir(opts.out)}")
-
+    forward = distributed.wrap(TrainForward(model, AnomalyGenerator(resolved.generator)), info, device)
     view, sampler = make_sampler(dataset, resolved, info)
     storage, folder = choose_cache(opts.feature_cache, view, model, opts.out)
-    cache = None
-    if storage != "off" and start < opts.epochs:
-        t0 = time.perf_counter()
-        cache = FeatureCache.build(
-            model,
-            view,
-            opts.batch_size,
-            device,
-            resolved.mask_align_corners,
-            storage,
-            folder,
-            opts.amp,
-            opts.num_workers,
-        )
-        seconds = time.perf_counter() - t0
-        say(f"feature cache ({storage}): {len(cache)} images, {cache.nbytes / 2**20:.1f} MiB, {seconds:.1f} s")
     result = FitResult(history=history, cache=storage)
-    last = opts.epochs if opts.stop_after is None else min(opts.epochs, start + opts.stop_after)
-    for epoch in range(start, last):
-        row = run_epoch(model, forward, optimizer, view, sampler, cache, epoch, resolved, opts, device, info, result)
-        scheduler.step()
-        if on_epoch_end is not None and info.is_main:
-            row |= on_epoch_end(epoch + 1, model) or {}
-            model.train()
-        history.append(row)
-        done = epoch + 1
-        periodic = opts.checkpoint_every and done % opts.checkpoint_every == 0
-        if opts.out is not None and (periodic or done == last):
-            if info.is_main:
-                save_periodic(model, optimizer, scheduler, history, resolved, opts, done)
-            distributed.barrier(info)
+    try:
+        cache = None
+        if storage != "off" and start < opts.epochs:
+            t0 = time.perf_counter()
+            cache = FeatureCache.build(
+                model,
+                view,
+                opts.batch_size,
+                device,
+                resolved.mask_align_corners,
+                storage,
+                folder,
+                opts.amp,
+                opts.num_workers,
+            )
+            seconds = time.perf_counter() - t0
+            say(f"feature cache ({storage}): {len(cache)} images, {cache.nbytes / 2**20:.1f} MiB, {seconds:.1f} s")
+        last = opts.epochs if opts.stop_after is None else min(opts.epochs, start + opts.stop_after)
+        for epoch in range(start, last):
+            row = run_epoch(
+                model, forward, optimizer, view, sampler, cache, epoch, resolved, opts, device, info, result
+            )
+            scheduler.step()
+            if on_epoch_end is not None and info.is_main:
+                row |= on_epoch_end(epoch + 1, model) or {}
+                model.train()
+            history.append(row)
+            done = epoch + 1
+            periodic = opts.checkpoint_every and done % opts.checkpoint_every == 0
+            if opts.out is not None and (periodic or done == last):
+                if info.is_main:
+                    save_periodic(model, optimizer, scheduler, history, resolved, opts, done)
+                distributed.barrier(info)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)  # the disk cache lives only as long as the run
     model.eval()
     for head in (model.seg_head, model.cls_head):
         distributed.plain_batchnorm(head)
