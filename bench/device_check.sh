@@ -33,3 +33,7 @@ if python -c "import nvidia.dali, pytriton, tritonclient.grpc" 2>/dev/null; then
 else
     echo "skip: served GPU benchmark (nvidia-dali / nvidia-pytriton not installed)"
 fi
+# training (bench/train.py): per-stage img/s for tiny and mvtec, bf16 autocast, uncached vs feature cache
+python bench/train.py --presets tiny mvtec --device cuda --batch 32 --precision bf16 --json "$out/train_cuda_bf16.json"
+# training on CUDA: bf16 autocast trains; the feature cache is exact on the GPU (tests/test_train_gpu.py)
+python -m pytest -q -m gpu tests/test_train_gpu.py

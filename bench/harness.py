@@ -18,9 +18,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    """Seconds per call for `repeats` calls after `warmup` untimed ones."""
-    with torch.inference_mode():
+def time_calls(
+    fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, inference: bool = True
+) -> list[float]:
+    """Seconds per call for `repeats` calls after `warmup` untimed ones (under inference_mode unless told not to,
+    e.g. for training steps that need autograd)."""
+    with torch.inference_mode(inference):
         for _ in range(warmup):
             fn()
         sync(device)

@@ -1,4 +1,7 @@
-"""`ssn infer`: score image files with a checkpoint; heat-map PNGs on request. A bad file fails that file only."""
+"""`ssn infer`: score image files with a checkpoint; heat-map PNGs on request. A bad file fails that file only.
+
+With alarm thresholds in the checkpoint (set by `ssn train` / `ssn eval --store-thresholds`) each image also gets a
+label (`defect` when score >= the image threshold) and the share of pixels at or above the pixel threshold."""
 
 from __future__ import annotations
 
@@ -34,14 +37,18 @@ def run_infer(args) -> int:
     from pipeline.images import ImageReadError
     from pipeline.images import load_image
     from pipeline.images import save_heatmap
+    from pipeline.serving import Thresholds
 
     # map_sigmoid: heat maps and map_max as probabilities
     impl = "reference" if args.impl == "folded" else args.impl
-    model, _ = load_checkpoint(args.checkpoint, backbone_weights=args.backbone_weights, impl=impl, map_sigmoid=True)
+    model, metadata = load_checkpoint(
+        args.checkpoint, backbone_weights=args.backbone_weights, impl=impl, map_sigmoid=True
+    )
     if args.impl == "folded":
         from pipeline.folded import FoldedSSN
 
         model = FoldedSSN.from_model(model)
+    thresholds = Thresholds.from_metadata(metadata)
     failed = 0
     results = []
     for path in args.images:
@@ -61,11 +68,16 @@ def run_infer(args) -> int:
             "score_logit": float(pred.score_logit[0]),
             "map_max": float(prob_map.max()),
         }
+        if thresholds.image is not None:  # raw probability space; a defect when score >= threshold
+            row["label"] = "defect" if row["score"] >= thresholds.image else "good"
+        if thresholds.pixel is not None:
+            row["defect_area"] = float((prob_map >= thresholds.pixel).mean())
         if args.out:
             row["heatmap"] = str(save_heatmap(rgb, prob_map, Path(args.out) / f"{Path(path).stem}_heatmap.png"))
         results.append(row)
         if not args.json:
-            print(f"{row['score']:.6f}  {path}" + (f"  -> {row['heatmap']}" if args.out else ""))
+            label = f"  {row['label']:<6}" if "label" in row else ""
+            print(f"{row['score']:.6f}{label}  {path}" + (f"  -> {row['heatmap']}" if args.out else ""))
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if failed else 0

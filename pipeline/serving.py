@@ -57,7 +57,10 @@ class Thresholds:
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str]) -> Thresholds:
-        raw = json.loads(metadata.get("thresholds") or "{}")
+        try:
+            raw = json.loads(metadata.get("thresholds") or "{}")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"checkpoint metadata 'thresholds' is not JSON: {err}") from err
         return cls(_optional_float(raw.get("image")), _optional_float(raw.get("pixel")))
 
     @classmethod

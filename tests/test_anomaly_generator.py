@@ -1,0 +1,126 @@
+"""Feature-level anomaly generation (spec §2.1, §8.8): Perlin masks, noise statistics, targets, keyed seeds."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.generator import AnomalyGenerator
+from training.generator import GeneratorConfig
+from training.generator import downsample_mask
+from training.generator import sample_seeds
+from training.perlin import next_power_of_2
+from training.perlin import perlin_2d
+from training.perlin import perlin_mask
+from training.perlin import random_scales
+
+
+def dsr_tiled_perlin(shape, res, angles):
+    """DSR's construction (gradients tiled per cell, grid of offsets), written independently for the check."""
+    d = (shape[0] // res[0], shape[1] // res[1])
+    off0 = (torch.arange(shape[0], dtype=torch.float64) % d[0]) / d[0]
+    off1 = (torch.arange(shape[1], dtype=torch.float64) % d[1]) / d[1]
+    g = torch.stack((angles.cos(), angles.sin()), -1).double()
+
+    def tile(a0, a1):
+        return g[a0 : a0 + res[0], a1 : a1 + res[1]].repeat_interleave(d[0], 0).repeat_interleave(d[1], 1)
+
+    def dot(grad, s0, s1):
+        return (off0[:, None] + s0) * grad[..., 0] + (off1[None, :] + s1) * grad[..., 1]
+
+    n00, n10 = dot(tile(0, 0), 0, 0), dot(tile(1, 0), -1, 0)
+    n01, n11 = dot(tile(0, 1), 0, -1), dot(tile(1, 1), -1, -1)
+    t0 = 6 * off0**5 - 15 * off0**4 + 10 * off0**3
+    t1 = 6 * off1**5 - 15 * off1**4 + 10 * off1**3
+    a = torch.lerp(n00, n10, t0[:, None].expand_as(n00))
+    b = torch.lerp(n01, n11, t0[:, None].expand_as(n00))
+    return math.sqrt(2) * torch.lerp(a, b, t1[None, :].expand_as(a))
+
+
+@pytest.mark.parametrize("shape,res", [((64, 64), (4, 8)), ((32, 16), (1, 16)), ((16, 32), (16, 2))])
+def test_perlin_matches_dsr_construction(shape, res):
+    gen = torch.Generator().manual_seed(3)
+    ours = perlin_2d(shape, res, gen, torch.device("cpu"))
+    angles = 2 * math.pi * torch.rand(res[0] + 1, res[1] + 1, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(ours.double(), dsr_tiled_perlin(shape, res, angles), atol=1e-5, rtol=0)
+    assert ours.abs().max() <= math.sqrt(2) * 1.0001
+
+
+def test_scales_only_powers_of_two_up_to_32():
+    gen = torch.Generator().manual_seed(0)
+    seen = {s for _ in range(400) for s in random_scales(gen, torch.device("cpu"))}
+    assert seen == {1, 2, 4, 8, 16, 32}
+
+
+def test_perlin_mask_grid_and_coin():
+    assert next_power_of_2(36) == 64 and next_power_of_2(58) == 64 and next_power_of_2(64) == 64
+    gen = torch.Generator().manual_seed(1)
+    masks = [perlin_mask((20, 12), -10.0, gen)[0] for _ in range(400)]  # threshold below every value
+    assert all(m.shape == (1, 1, 20, 12) for m in masks)
+    full = sum(bool(m.all()) for m in masks)
+    empty = sum(not m.any() for m in masks)
+    assert full + empty == 400 and 0.4 < empty / 400 < 0.6  # the 0.5 coin, nothing else empties them
+
+
+def test_generator_statistics():
+    b, c, size = 100, 64, (16, 24)
+    torch.manual_seed(0)
+    adapted = torch.randn(b, c, *size)
+    out = AnomalyGenerator(GeneratorConfig(threshold=0.2))(
+        adapted, None, torch.zeros(b, 1, *size), torch.zeros(b), sample_seeds(42, 0, range(b))
+    )
+    assert (
+        out.adapted.shape == (2 * b, c, *size) and out.mask.shape == (2 * b, 1, *size) and out.label.shape == (2 * b,)
+    )
+    assert out.pooled is None
+    # labels equal any(mask); masks are exactly where noise went
+    assert torch.equal(out.label, out.mask.flatten(1).amax(1))
+    assert torch.equal(out.mask, out.noise_mask)
+    empty = float((out.label == 0).float().mean())
+    assert 0.5 <= empty < 0.75, empty  # the 0.5 coin plus threshold-induced empties
+    delta = out.adapted - torch.cat((adapted, adapted))
+    inside = out.mask.expand_as(delta) > 0
+    assert torch.count_nonzero(delta[~inside]) == 0  # exactly 0 outside
+    assert abs(float(delta[inside].std()) - 0.015) < 0.0005 and abs(float(delta[inside].mean())) < 0.0005
+
+
+def test_jims_same_noise_on_pooled_and_keyed_seeds():
+    b, c, size = 6, 8, (8, 8)
+    adapted, pooled = torch.randn(b, c, *size), torch.randn(b, c, *size)
+    gen = AnomalyGenerator(GeneratorConfig(threshold=-1.0, no_anomaly="none"))
+    seeds = sample_seeds(7, 3, range(b))
+    out = gen(adapted, pooled, torch.zeros(b, 1, *size), torch.zeros(b), seeds)
+    torch.testing.assert_close(out.adapted - torch.cat((adapted, adapted)), out.pooled - torch.cat((pooled, pooled)))
+    # the perturbation of a sample depends on its seed only, not on the batch it is in
+    first = gen(adapted[:2], pooled[:2], torch.zeros(2, 1, *size), torch.zeros(2), seeds[0:2] + seeds[b : b + 2])
+    assert torch.equal(first.adapted[:2], out.adapted[:2]) and torch.equal(first.adapted[2:], out.adapted[b : b + 2])
+
+
+def test_overlap_and_bad_options():
+    b, c, size = 4, 4, (8, 8)
+    mask = torch.zeros(b, 1, *size)
+    mask[0, :, :4] = 1
+    label = torch.tensor([1.0, 0, 0, 0])
+    x = torch.randn(b, c, *size)
+    seeds = sample_seeds(0, 0, range(b))
+    cfg = GeneratorConfig(threshold=-10.0, no_anomaly="none")  # every Perlin mask full
+    no_overlap = AnomalyGenerator(replace(cfg, overlap=False))(x, None, mask, label, seeds)
+    gt = torch.cat((mask, mask)) > 0
+    assert not (no_overlap.noise_mask.bool() & gt).any()  # no noise on GT-defect pixels
+    assert torch.equal(no_overlap.mask.bool(), torch.ones_like(gt))  # GT + noise cover everything
+    no_bad = AnomalyGenerator(replace(cfg, bad=False))(x, None, mask, label, seeds)
+    assert no_bad.noise_mask[0].sum() == 0 and no_bad.noise_mask[b].sum() == 0 and no_bad.noise_mask[1].all()
+    assert torch.equal(no_bad.label, torch.ones(2 * b))
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_downsample_mask(align_corners):
+    mask = (torch.rand(2, 1, 64, 96, generator=torch.Generator().manual_seed(0)) > 0.7).float()
+    small = downsample_mask(mask, (16, 24), align_corners)
+    ref = F.interpolate(mask, size=(16, 24), mode="bilinear", align_corners=align_corners)
+    assert torch.equal(small, (ref >= 0.5).float())
+    assert set(small.unique().tolist()) <= {0.0, 1.0}

@@ -1,0 +1,88 @@
+"""The synthetic defect dataset: deterministic bytes, exact masks, MVTec layout, `ssn synth`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import ModelConfig
+from training.data.base import build_dataset
+from training.data.synthetic import CATEGORIES
+from training.data.synthetic import DEFECTS
+from training.data.synthetic import generate
+from training.data.synthetic import make_sample
+
+SMALL = {"size": 64, "train": 3, "test": 8}
+CFG = ModelConfig(backbone="resnet18", image_size=(64, 64))
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    a = tree_bytes(generate(tmp_path / "a", seed=7, categories=["metal", "wood"], **SMALL))
+    b = tree_bytes(generate(tmp_path / "b", seed=7, categories=["metal", "wood"], **SMALL))
+    assert a == b and len(a) == 2 * (3 + 8 + 4) + 1  # images, masks, manifest
+    c = tree_bytes(generate(tmp_path / "c", seed=8, categories=["metal", "wood"], **SMALL))
+    assert a.keys() == c.keys() and all(a[k] != c[k] for k in a if k.endswith(".png"))
+    alone = tree_bytes(generate(tmp_path / "d", seed=7, categories=["wood"], **SMALL))
+    assert all(alone[k] == a[k] for k in alone if k.startswith("wood/"))  # a category does not depend on others
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_masks_cover_exactly_the_changed_pixels(category):
+    for number, defect in enumerate(DEFECTS):
+        clean, image, mask = make_sample(3, category, "test", number, 96, defect)
+        diff = np.abs(image.astype(int) - clean.astype(int)).max(axis=2)
+        assert mask.sum() >= 12, defect
+        assert np.all(diff[~mask] == 0), defect  # nothing changes outside the mask
+        assert diff[mask].min() >= 12, (defect, diff[mask].min())  # every defect pixel visibly differs
+    clean, image, mask = make_sample(3, category, "train", 0, 96, None)
+    assert np.array_equal(clean, image) and not mask.any()
+
+
+def test_textures_vary_but_stay_in_range():
+    for category in CATEGORIES:
+        first, second = (make_sample(0, category, "train", n, 64, None)[1] for n in (0, 1))
+        assert not np.array_equal(first, second)
+        assert first.min() >= 40 and first.max() <= 215
+
+
+def test_reads_as_mvtec_through_the_factory(tmp_path):
+    root = tmp_path / "synth"
+    train = build_dataset("synthetic", root, "train", CFG, category="stone", seed=2, **SMALL)
+    assert len(train) == 3 and json.loads((root / "synthetic.json").read_text())["seed"] == 2
+    test = build_dataset("synthetic", root, "test", CFG, category="stone")  # reuses it
+    assert test.labels.tolist() == [0] * 4 + [1] * 4
+    names = sorted({Path(r.image).parent.name for r in test.records})
+    assert names == sorted(["good", *DEFECTS])
+    for i in range(4, 8):
+        sample = test[i]
+        assert float(sample["mask"].sum()) >= 12 and bool(sample["is_segmented"])
+    assert torch.all(test[0]["mask"] == 0)
+    with pytest.raises(ValueError, match="seed=3 \\(found 2\\)"):
+        build_dataset("synthetic", root, "test", CFG, category="stone", seed=3)
+
+
+def test_default_root_is_a_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    data = build_dataset("synthetic", None, "train", CFG, **SMALL)  # default category
+    assert data.source == "synthetic/metal" and str(tmp_path / "supersimplenet") in str(data.records[0].image)
+
+
+def test_ssn_synth_command(tmp_path):
+    ssn = str(Path(sys.executable).parent / "ssn")
+    out = tmp_path / "ds"
+    args = [ssn, "synth", "--out", str(out), "--categories", "fabric", "--size", "48", "--train", "2", "--test", "4"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (out / "fabric" / "ground_truth" / "scratch" / "000_mask.png").is_file()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and str(out) in again.stderr and "not empty" in again.stderr

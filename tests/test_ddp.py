@@ -1,0 +1,52 @@
+"""DistributedDataParallel on CPU (gloo) through torchrun: 2 processes train like 1 with the same global batch.
+
+The synthetic anomalies, the data order, every loss mean and the batch-norm statistics are the same by construction;
+only float summation order differs (gradient all-reduce, batch-norm statistics as sums). The two ranks hold
+bit-identical weights. Tolerance, after 4 AdamW steps: for every tensor with a non-zero gradient,
+||w_ddp - w_single|| <= 1e-3 * ||w_single - w_init|| (measured: <= 5e-4; the largest relative gaps are elements whose
+gradient is near 0, where Adam's g / sqrt(v) amplifies rounding). Biases feeding a batch norm (adaptor bias in the
+JIMS head, first seg conv, cls conv) have an analytically zero gradient: Adam turns their rounding-level gradients
+into steps of up to lr in both runs, so they are only checked against that bound. Step losses agree to 1e-5.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+SCRIPT = Path(__file__).with_name("ddp_fit.py")
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+RELATIVE_TOLERANCE = 1e-3
+ZERO_GRADIENT = ("adaptor.bias", "seg_head.0.bias", "cls_head.conv.0.bias")  # each feeds a batch norm
+MAX_LR, STEPS = 2e-4, 4
+
+
+def run(cmd: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parents[1])}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+def test_two_processes_equal_one_process_with_the_global_batch(tmp_path):
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    run([str(TORCHRUN), "--nproc-per-node", "2", "--master-port", "29517", str(SCRIPT), str(ddp), "--batch", "2"])
+    run([sys.executable, str(SCRIPT), str(single), "--batch", "4"])
+    rank0, rank1 = (torch.load(ddp / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    one = torch.load(single / "rank0.pt", weights_only=True)
+    assert len(one["losses"]) == 4 and len(rank0["losses"]) == 4
+    assert all(torch.equal(rank0["state"][k], rank1["state"][k]) for k in rank0["state"])  # ranks agree exactly
+    for key, w in one["state"].items():
+        if not w.is_floating_point():
+            assert torch.equal(w, rank0["state"][key]), key
+            continue
+        gap = float((rank0["state"][key].double() - w.double()).norm())
+        if key in ZERO_GRADIENT:
+            assert gap <= 2 * STEPS * MAX_LR * w.numel() ** 0.5, key
+            continue
+        moved = float((w.double() - one["init"][key].double()).norm())
+        assert moved > 0 and gap <= RELATIVE_TOLERANCE * moved, f"{key}: |dw| {gap:.3g} vs moved {moved:.3g}"
+    torch.testing.assert_close(torch.tensor(rank0["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,294 @@
+"""Evaluation metrics (spec §3): hand-computed cases, scikit-learn agreement, a literal anomalib-0.7 AUPRO oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_curve
+
+from training.aupro import aupro
+from training.aupro import label_regions
+from training.metrics import METRIC_NAMES
+from training.metrics import compute_metrics
+from training.metrics import f1_optimal_threshold
+from training.metrics import f1_thresholds
+
+
+def _row_images(*rows):
+    """Each row -> one [1, W] image; returns maps [N, 1, W] float32 and masks [N, 1, W] bool ('D' = defect)."""
+    maps = np.array([[[v for v, _ in row]] for row in rows], dtype=np.float32)
+    masks = np.array([[[c == "D" for _, c in row]] for row in rows])
+    return maps, masks
+
+
+# ---- a literal transcription of anomalib 0.7 AUPRO.compute_pro (float32 torch), the oracle --------------------
+
+
+def _roc32(preds: np.ndarray, target: np.ndarray):
+    """torchmetrics binary_roc: one point per distinct score plus the origin, rates as float32 quotients."""
+    fpr, tpr, _ = roc_curve(target, preds, drop_intermediate=False)
+    negatives, positives = int((~target).sum()), int(target.sum())
+    fps = np.rint(fpr * negatives).astype(np.float32)
+    tps = np.rint(tpr * positives).astype(np.float32)
+    return torch.from_numpy(fps / np.float32(negatives)), torch.from_numpy(tps / np.float32(positives))
+
+
+def _interp1d(old_x, old_y, new_x):
+    eps = torch.finfo(old_y.dtype).eps
+    slope = (old_y[1:] - old_y[:-1]) / (eps + (old_x[1:] - old_x[:-1]))
+    idx = torch.clamp(torch.searchsorted(old_x, new_x) - 1, 0, old_x.size(0) - 2)
+    return old_y[idx] + slope[idx] * (new_x - old_x[idx])
+
+
+def anomalib_aupro(maps: np.ndarray, masks: np.ndarray, limit: float = 0.3) -> float:
+    """One full ROC per region over background + region, cut at 0.3, resampled on the global index grid."""
+    labels, n_regions = label_regions(masks)
+    cca, preds, target = torch.from_numpy(labels.reshape(-1)), maps.reshape(-1), masks.reshape(-1)
+    lim = torch.tensor(limit)
+    size = int((_roc32(preds, target)[0] <= lim).sum())
+    tpr_sum, fpr_sum = torch.zeros(size), torch.zeros(size)
+    new_idx = torch.arange(0, size, dtype=torch.float)
+    background = (cca == 0).numpy()
+    for label in cca.unique()[1:]:
+        new_idx[-1] = size - 1
+        region = (cca == label).numpy()
+        fpr, tpr = _roc32(preds[background | region], region[background | region])
+        idx = torch.where(fpr <= lim)[0]
+        interpolate = not torch.allclose(fpr[idx].max(), lim)
+        if interpolate:
+            nxt = torch.searchsorted(fpr, lim)
+            idx = torch.cat([idx, nxt.unsqueeze(0)])
+            slope = 1 - ((fpr[nxt] - lim) / (fpr[nxt] - fpr[nxt - 1]))
+        fpr, tpr = fpr[idx], tpr[idx]
+        x = idx.float()
+        x = x / x.max() * new_idx.max()
+        if interpolate:
+            new_idx[-1] = x[-2] + (x[-1] - x[-2]) * slope
+        tpr_sum += _interp1d(x, tpr, new_idx)
+        fpr_sum += _interp1d(x, fpr, new_idx)
+    tpr_sum, fpr_sum = tpr_sum / n_regions, fpr_sum / n_regions
+    order = torch.sort(fpr_sum, stable=True).indices
+    return float(torch.trapz(tpr_sum[order], fpr_sum[order]) / fpr_sum[-1])
+
+
+# ---- hand-computed cases ---------------------------------------------------------------------------------------
+
+
+def test_image_metrics_hand_case():
+    scores = np.array([0.1, 0.4, 0.35, 0.8])
+    labels = np.array([0, 0, 1, 1])
+    maps = np.zeros((4, 2, 2), np.float32)
+    maps[:, 0, 0] = [0.2, 0.1, 0.9, 0.3]  # map maxima rank the defects first: seg metrics = 1
+    masks = np.zeros((4, 2, 2), bool)
+    masks[2:, 1, 1] = True
+    result = compute_metrics(scores, labels, maps, masks)
+    assert set(result) == {*METRIC_NAMES, "undefined"}
+    assert result["I-AUROC"] == pytest.approx(0.75)  # 3 of 4 (defect, good) pairs ordered
+    assert result["AP-det"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)  # precision 1 at recall 1/2, 2/3 at recall 1
+    assert result["seg-I-AUROC"] == 1.0 and result["seg-AP-det"] == 1.0
+
+
+def test_pixel_auroc_ap_hand_case_with_a_tie():
+    maps, masks = _row_images([(1.0, "D"), (0.5, "D"), (0.5, "."), (0.2, "."), (0.0, ".")])
+    result = compute_metrics([0.7], [1], maps, masks)
+    assert result["P-AUROC"] == pytest.approx(5.5 / 6)  # 6 pairs; the tie at 0.5 counts one half
+    assert result["AP-loc"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    assert result["I-AUROC"] is None and "need both good and defect" in result["undefined"]["I-AUROC"]
+
+
+def test_aupro_interpolates_at_fpr_03_several_regions_in_one_image():
+    # regions A (1 px) and B (2 px) in one image, 4 background pixels: per-region FPRs step by 0.25, never 0.3.
+    # Global ROC <= 0.3: origin, 1.0, 0.9, 0.8 -> 4 grid points. Each region ROC is cut after FPR 0.25, extended
+    # to the point at FPR 0.5 and sampled at 0.2 of that last step (FPR 0.3). A: TPR 0,1,1,1; B: 0,.5,.5,.5;
+    # FPR 0,0,.25,.3 for both -> mean TPR .75 from FPR 0 to 0.3 -> AUPRO 0.75.
+    maps, masks = _row_images([(0.9, "D"), (0.8, "."), (1.0, "D"), (0.5, "D"), (0.6, "."), (0.2, "."), (0.0, ".")])
+    assert label_regions(masks)[1] == 2
+    value, reason = aupro(maps, masks)
+    assert reason is None and value == pytest.approx(0.75, abs=1e-6)
+    assert anomalib_aupro(maps, masks) == pytest.approx(0.75, abs=1e-6)
+
+
+def test_aupro_regions_across_images_on_the_common_index_grid():
+    # one region per image, 6 background pixels; global grid: origin, 1.0, 0.9 (FPR 1/6) -> 3 points.
+    # A: points (fpr, tpr) (0,0) (1/6,0) (1/6,1) (1/3,1) at x = 0, 2/3, 4/3, 2; samples at x = 0, 1, 4/3+0.8*2/3
+    #    -> TPR 0, 0.5, 1 and FPR 0, 1/6, 0.3 (the index grid interpolates across the vertical step).
+    # B: points (0,0) (1/6,0) (1/3,0) at x = 0, 1, 2; samples at 0, 1, 1.8 -> TPR 0, 0, 0; FPR 0, 1/6, 0.3.
+    # mean: TPR 0, .25, .5 over FPR 0, 1/6, .3 -> (1/6 * .125 + (0.3 - 1/6) * .375) / 0.3
+    maps, masks = _row_images(
+        [(0.9, "D"), (0.7, "."), (0.3, "."), (0.0, ".")],
+        [(0.4, "D"), (1.0, "."), (0.6, "."), (0.2, ".")],
+    )
+    expected = (1 / 6 * 0.125 + (0.3 - 1 / 6) * 0.375) / 0.3
+    value, reason = aupro(maps, masks)
+    assert reason is None and value == pytest.approx(expected, abs=1e-6)
+    assert anomalib_aupro(maps, masks) == pytest.approx(expected, abs=1e-6)
+
+
+def _random_case(rng, ties: bool, background_pixels_exact: bool = False):
+    n, h, w = int(rng.integers(1, 4)), int(rng.integers(4, 14)), int(rng.integers(4, 14))
+    if background_pixels_exact:  # 10 background pixels: FPR 0.3 is an exact ROC point (no interpolation)
+        n, h, w = 1, 4, 4
+        masks = np.zeros((n, h, w), bool)
+        masks[0, 0, :2] = masks[0, 2:, :2] = True  # 6 defect pixels in 2 regions
+    else:
+        masks = rng.random((n, h, w)) < rng.uniform(0.05, 0.3)
+    maps = rng.integers(0, 8, (n, h, w)) / 7 if ties else rng.random((n, h, w))
+    maps = (maps + masks * rng.uniform(0, 0.6)).astype(np.float32)
+    return (maps - maps.min()) / (maps.max() - maps.min()), masks
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_aupro_equals_literal_anomalib_on_random_cases(seed):
+    rng = np.random.default_rng(seed)
+    maps, masks = _random_case(rng, ties=seed % 3 == 0, background_pixels_exact=seed == 1)
+    value, reason = aupro(maps, masks)
+    if reason is not None:  # degenerate (top background score shared by > 30% of the background): say so
+        assert "no operating point" in reason
+        return
+    assert value == pytest.approx(anomalib_aupro(maps, masks), abs=2e-6)
+
+
+def test_aupro_of_perfect_and_constant_maps():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((3, 16, 16), bool)
+    masks[0, 2:5, 2:5] = masks[0, 10:14, 9:15] = masks[2, 0:2, 0:9] = True  # 3 regions, 2 images
+    perfect = np.where(masks, 1.0, rng.uniform(0, 0.9, masks.shape)).astype(np.float32)
+    value, reason = aupro(perfect, masks)
+    # 1 up to anomalib's index-grid resampling: the first grid step lands just past the origin-to-TPR-1 jump
+    assert reason is None and value == pytest.approx(1.0, abs=1e-4)
+    assert value == pytest.approx(anomalib_aupro(perfect, masks), abs=1e-7)
+    labels = masks.reshape(3, -1).any(axis=1)
+    result = compute_metrics(labels.astype(np.float32), labels, np.full(masks.shape, 0.7, np.float32), masks)
+    assert result["AUPRO"] is None and "no operating point with 0 < FPR <= 0.3" in result["undefined"]["AUPRO"]
+    assert result["P-AUROC"] == 0.5 and result["AP-loc"] == pytest.approx(masks.mean())
+
+
+def test_label_regions_8_connected_per_image():
+    masks = np.zeros((2, 4, 4), bool)
+    masks[0, 0, 0] = masks[0, 1, 1] = True  # diagonal neighbours: one region
+    masks[0, 3, 3] = True
+    masks[1, 0, 0] = True  # same place in the next image: its own region
+    labels, count = label_regions(masks)
+    assert count == 3 and labels[0, 0, 0] == labels[0, 1, 1] != labels[1, 0, 0]
+
+
+# ---- agreement with scikit-learn, normalisation, thresholds ------------------------------------------------------
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["continuous", "ties"])
+def test_rank_metrics_match_sklearn_on_random_data(ties):
+    rng = np.random.default_rng(3)
+    n, h, w = 10, 24, 20
+    masks = np.zeros((n, h, w), bool)
+    for i in range(5):
+        y, x = rng.integers(0, 16, 2)
+        masks[i, y : y + rng.integers(2, 8), x : x + rng.integers(2, 6)] = True
+    labels = masks.reshape(n, -1).any(axis=1)
+    maps = rng.random((n, h, w), dtype=np.float32) + masks * np.float32(0.3)
+    scores = rng.random(n).astype(np.float32) + labels * 0.3
+    if ties:
+        maps, scores = np.round(maps * 8) / 8, np.round(scores * 4) / 4
+    result = compute_metrics(scores, labels, maps, masks)
+    pixels = (maps - maps.min()) / (maps.max() - maps.min())
+    seg = maps.max(axis=(1, 2))
+    assert result["I-AUROC"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert result["AP-det"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    assert result["seg-I-AUROC"] == pytest.approx(roc_auc_score(labels, seg), abs=1e-12)
+    assert result["seg-AP-det"] == pytest.approx(average_precision_score(labels, seg), abs=1e-12)
+    assert result["P-AUROC"] == pytest.approx(roc_auc_score(masks.ravel(), pixels.ravel()), abs=1e-12)
+    assert result["AP-loc"] == pytest.approx(average_precision_score(masks.ravel(), pixels.ravel()), abs=1e-12)
+    assert result["AUPRO"] == pytest.approx(anomalib_aupro(pixels.astype(np.float32), masks), abs=2e-6)
+    probabilities = maps / np.float32(2)
+    pixel_threshold = f1_thresholds(scores / 2, labels, probabilities, masks)["pixel"]
+    assert pixel_threshold == f1_optimal_threshold(probabilities, masks)  # weighted samples: the same choice
+
+
+def test_min_max_normalisation_invariance():
+    rng = np.random.default_rng(5)
+    masks = np.zeros((6, 12, 12), bool)
+    masks[:3, 3:7, 2:9] = True
+    labels = masks.reshape(6, -1).any(axis=1)
+    maps = (rng.integers(0, 64, masks.shape) / 64 + masks / 4).astype(np.float32)  # dyadic: affine maps are exact
+    scores = (rng.integers(0, 16, 6) / 16).astype(np.float32)
+    base = compute_metrics(scores, labels, maps, masks)
+    moved = compute_metrics(scores * 4 - 3, labels, maps * 4 - 3, masks)
+    assert moved == base and None not in base.values()
+
+
+def test_f1_optimal_threshold_hand_case_and_raw_probability_space():
+    # thresholds 0.8 / 0.6 / 0.35 / 0.3 / 0.1 give F1 0.5 / 0.8 / 0.667 / 0.857 / 0.75
+    values = np.array([0.1, 0.3, 0.35, 0.6, 0.8], np.float32)
+    assert f1_optimal_threshold(values, [0, 1, 0, 1, 1]) == pytest.approx(0.3)
+    maps, masks = _row_images([(0.62, "D"), (0.5, "D"), (0.55, "."), (0.3, ".")], [(0.2, "."), (0.45, ".")] * 2)
+    thresholds = f1_thresholds([0.9, 0.2], [1, 0], maps, masks)
+    assert thresholds == {"image": pytest.approx(0.9), "pixel": pytest.approx(0.5)}  # raw map values, not min-max
+
+
+def test_thresholds_need_probabilities_and_defects():
+    maps, masks = _row_images([(3.0, "D"), (-1.0, ".")], [(0.0, "."), (0.5, ".")])
+    with pytest.raises(ValueError, match="probabilities"):
+        f1_thresholds([0.9, 0.1], [1, 0], maps, masks)
+    maps, masks = _row_images([(0.9, "."), (0.1, ".")])
+    thresholds = f1_thresholds([0.4], [0], maps, masks)
+    assert set(thresholds) == {"undefined"} and "no defect images" in thresholds["undefined"]["image"]
+    with pytest.raises(ValueError, match="no positive targets"):
+        f1_optimal_threshold([0.1, 0.2], [0, 0])
+
+
+# ---- bad input and undefined metrics ------------------------------------------------------------------------------
+
+
+def test_clear_errors_for_bad_input():
+    maps, masks = np.zeros((2, 4, 4), np.float32), np.zeros((2, 4, 4), bool)
+    with pytest.raises(ValueError, match=r"masks must have the shape of maps \[2, 4, 4\], got \[2, 4, 5\]"):
+        compute_metrics([0.1, 0.2], [0, 1], maps, np.zeros((2, 4, 5), bool))
+    with pytest.raises(ValueError, match=r"labels must have shape \[2\]"):
+        compute_metrics([0.1, 0.2], [0, 1, 1], maps, masks)
+    with pytest.raises(ValueError, match=r"maps must have shape \[2, H, W\]"):
+        compute_metrics([0.1, 0.2], [0, 1], maps[0], masks)
+    masks[1, 0, 0] = True  # [N, 1, H, W] as the model and the datasets give them is accepted
+    assert compute_metrics([0.1, 0.2], [0, 1], maps[:, None], masks[:, None].astype(np.float32))["I-AUROC"] == 1.0
+    masks[1, 0, 0] = False
+    bad = maps.copy()
+    bad[1, 2, 2] = np.nan
+    with pytest.raises(ValueError, match="maps contain 1 non-finite values .first in image 1"):
+        compute_metrics([0.1, 0.2], [0, 1], bad, masks)
+    marked = masks.copy()
+    marked[0, 1, 1] = True
+    with pytest.raises(ValueError, match="image 0 is labelled good but its mask has defect pixels"):
+        compute_metrics([0.1, 0.2], [0, 1], maps, marked)
+
+
+def test_undefined_pixel_metrics_say_why():
+    rng = np.random.default_rng(0)
+    maps = rng.random((4, 8, 8), dtype=np.float32)
+    masks = np.zeros((4, 8, 8), bool)
+    result = compute_metrics([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], maps, masks)  # defects without masks
+    assert result["I-AUROC"] == 1.0
+    for name in ("P-AUROC", "AP-loc", "AUPRO"):
+        assert result[name] is None and "no defect pixels" in result["undefined"][name]
+    masks[2:, 2:4, 2:4] = True
+    segmented = np.array([True, True, False, False])
+    result = compute_metrics([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], maps, masks, segmented)
+    assert result["AUPRO"] is None and "no defect pixels" in result["undefined"]["AUPRO"]
+    result = compute_metrics([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], maps, masks, np.array([True, False, True, False]))
+    assert None not in (result["P-AUROC"], result["AUPRO"])
+
+
+def test_bench_metrics_script_runs(tmp_path, capsys):
+    """bench/metrics.py prints its table and writes JSON (timings reported, never asserted)."""
+    import json
+
+    from bench.metrics import main
+
+    out_json = tmp_path / "metrics.json"
+    small = ["--images", "6", "--size", "48", "--regions", "6", "--oracle-images", "2"]
+    assert main([*small, "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "compute_metrics (all 7)" in printed and "literal anomalib" in printed
+    data = json.loads(out_json.read_text())
+    assert data["shape"] == [6, 48, 48] and len(data["steps"]) == 6
+    assert data["oracle"]["ours"] == pytest.approx(data["oracle"]["anomalib_literal"], abs=2e-6)

@@ -1,0 +1,51 @@
+"""`ssn train` on a user's folder layout in the supervised regimes (balanced sampler, flips, JIMS weights), and
+its errors on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from datafakes import folder
+
+from pipeline.checkpoint import read_metadata
+from pipeline.cli import main
+
+SMALL = ["--preset", "tiny", "--set", "image_size=[32,48]", "--backbone-weights", "random", "--quiet"]
+
+
+def train(tmp_path, root, *extra) -> int:
+    return main(["train", *SMALL, "--dataset", "folder", "--data", str(root), *extra])
+
+
+def test_regime_needing_masks_on_data_without_masks(tmp_path, capsys):
+    root = folder(tmp_path / "data", good=3, defects=2, masks=1)  # d1.jpg has no mask
+    code = train(tmp_path, root, "--supervision", "supervised", "--out", str(tmp_path / "ck.safetensors"))
+    err = capsys.readouterr().err
+    assert code == 2 and "regime needs masks" in err and "d1.jpg" in err
+    assert not (tmp_path / "ck.safetensors").exists()
+
+
+def test_supervised_regime_on_good_only_data(tmp_path, capsys):
+    root = folder(tmp_path / "data", good=3, defects=0, masks=0)
+    code = train(tmp_path, root, "--supervision", "supervised", "--out", str(tmp_path / "ck.safetensors"))
+    assert code == 2 and "needs defective images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("regime,threshold", [("mixed", 0.6), ("weak", 0.2)])
+def test_mixed_and_weak_regimes_train(tmp_path, capsys, regime, threshold):
+    root = folder(tmp_path / "data", good=4, defects=2, masks=1)  # one defect masked, one not
+    out = tmp_path / "ck.safetensors"
+    code = train(
+        tmp_path, root, "--supervision", regime, "--epochs", "1", "--batch-size", "8", "--no-eval", "--out", str(out)
+    )
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert f"perlin_thr {threshold}" in text and "JIMS head" in text
+    assert "feature cache: off" in text  # flipped positives: no cache
+    masked = "1 with masks used" if regime == "mixed" else "0 with masks used"
+    assert masked in text
+    metadata = read_metadata(out)
+    assert json.loads(metadata["config"])["stop_grad"] is False  # supervised regimes train without stop-grad
+    assert metadata["backbone_weights"].startswith("random(seed=456654)+bn-calibrated(4 images)")
+    assert json.loads(metadata["thresholds"]) == {}

@@ -1,0 +1,192 @@
+"""The synthetic defect dataset: the embedded default for the demo, the tests and the benchmarks.
+
+`ssn synth --out DIR` writes a small MVTec-layout dataset of textured surfaces (brushed metal, woven fabric, wood
+grain, speckled stone) with scratches, spots, cracks and stains, each with its exact mask, as PNG files. Every
+image comes from its own numpy Generator seeded by (seed, category, split, number), so the same seed gives
+byte-identical files, and choosing fewer categories does not change the others.
+
+    DIR/<category>/train/good/000.png
+    DIR/<category>/test/good/000.png
+    DIR/<category>/test/<defect>/000.png
+    DIR/<category>/ground_truth/<defect>/000_mask.png      (0 good, 255 defect)
+    DIR/synthetic.json                                      (the generation parameters)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from training.data.synthetic_textures import DEFECTS
+from training.data.synthetic_textures import TEXTURES
+from training.data.synthetic_textures import apply_defect
+from training.data.synthetic_textures import make_defect
+from training.data.synthetic_textures import to_uint8
+
+CATEGORIES = tuple(TEXTURES)  # metal, fabric, wood, stone (order fixes each category's seed)
+DEFAULT_CATEGORY = "metal"
+DEFAULTS = {"seed": 0, "size": 128, "train": 64, "test": 32}
+MANIFEST = "synthetic.json"
+_SPLIT_IDS = {"train": 0, "test": 1}
+
+
+def image_rng(seed: int, category: str, split: str, number: int) -> np.random.Generator:
+    return np.random.default_rng([seed, CATEGORIES.index(category), _SPLIT_IDS[split], number])
+
+
+def make_sample(
+    seed: int, category: str, split: str, number: int, size: int, defect: str | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(clean uint8 [S, S, 3], image uint8 [S, S, 3], mask bool [S, S]); image == clean when defect is None."""
+    rng = image_rng(seed, category, split, number)
+    clean = TEXTURES[category](rng, size)
+    mask = np.zeros((size, size), dtype=bool)
+    image = clean
+    if defect is not None:
+        mask = make_defect(rng, size, defect)
+        image = apply_defect(rng, clean, mask, defect)
+    return to_uint8(clean), to_uint8(image), mask
+
+
+def test_plan(count: int) -> list[str | None]:
+    """Defect kind per test image: the first half good (None), the rest cycling scratch, spot, crack, stain."""
+    good = count // 2
+    kinds = list(DEFECTS)
+    return [None] * good + [kinds[j % len(kinds)] for j in range(count - good)]
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="PNG", optimize=False)
+
+
+def write_category(out: Path, category: str, seed: int, size: int, train: int, test: int) -> None:
+    root = out / category
+    for number in range(train):
+        _, image, _ = make_sample(seed, category, "train", number, size, None)
+        _save_png(image, root / "train" / "good" / f"{number:03}.png")
+    counters: dict[str, int] = {}
+    for number, defect in enumerate(test_plan(test)):
+        _, image, mask = make_sample(seed, category, "test", number, size, defect)
+        folder = defect or "good"
+        stem = f"{counters.setdefault(folder, 0):03}"
+        counters[folder] += 1
+        _save_png(image, root / "test" / folder / f"{stem}.png")
+        if defect is not None:
+            _save_png(mask.astype(np.uint8) * 255, root / "ground_truth" / defect / f"{stem}_mask.png")
+
+
+def parameters(seed: int, size: int, train: int, test: int, categories) -> dict:
+    cats = list(CATEGORIES if categories is None else categories)
+    unknown = [c for c in cats if c not in CATEGORIES]
+    if unknown:
+        raise ValueError(f"synthetic categories {unknown} are unknown; accepted: {', '.join(CATEGORIES)}")
+    if size < 32 or train < 1 or test < 2:
+        raise ValueError(f"synthetic size={size} must be >= 32, train={train} >= 1 and test={test} >= 2")
+    return {"seed": seed, "size": size, "train": train, "test": test, "categories": cats, "version": 1}
+
+
+def generate(out: str | Path, seed: int = 0, size: int = 128, train: int = 64, test: int = 32, categories=None) -> Path:
+    """Write the dataset to `out` (which must not exist or be empty); returns `out`."""
+    params = parameters(seed, size, train, test, categories)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"output folder {str(out)!r} is not empty; choose a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # written beside the target and renamed at the end: an interrupted run leaves no half dataset under `out`
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for category in params["categories"]:
+            write_category(staging, category, seed, size, train, test)
+        (staging / MANIFEST).write_text(json.dumps(params, indent=1, sort_keys=True) + "\n")
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return out
+
+
+def default_root(seed: int, size: int, train: int, test: int) -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "supersimplenet" / f"synthetic-s{seed}-{size}px-{train}x{test}"
+
+
+def ensure(root: str | Path | None = None, **wanted) -> Path:
+    """The dataset at `root` (default: a per-parameter folder under ~/.cache), generated first if absent.
+
+    `wanted` holds seed/size/train/test; those given (not None) must match an existing dataset's manifest.
+    """
+    given = {k: v for k, v in wanted.items() if v is not None}
+    unknown = set(given) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown synthetic parameter(s) {sorted(unknown)}; accepted: {', '.join(DEFAULTS)}")
+    params = {**DEFAULTS, **given}
+    root = Path(root) if root is not None else default_root(**params)
+    manifest = root / MANIFEST
+    if manifest.is_file():
+        found = json.loads(manifest.read_text())
+        differ = {k: (v, found.get(k)) for k, v in given.items() if found.get(k) != v}
+        if differ:
+            shown = ", ".join(f"{k}={want} (found {have})" for k, (want, have) in differ.items())
+            raise ValueError(f"{str(root)!r} holds a synthetic dataset made with other parameters: {shown}")
+        return root
+    return generate(root, **params)
+
+
+def build(
+    root: Path | None,
+    split: str,
+    config,
+    category: str | None = None,
+    seed: int | None = None,
+    size: int | None = None,
+    train: int | None = None,
+    test: int | None = None,
+    **common,
+):
+    """Dataset factory entry: generates the dataset on first use (all categories), then reads it as MVTec AD.
+
+    `category` defaults to DEFAULT_CATEGORY; seed/size/train/test default to DEFAULTS when generating.
+    """
+    from training.data.base import DefectDataset
+    from training.data.base import require_category
+    from training.data.mvtec import TREE
+    from training.data.mvtec import mvtec_mask_stems
+    from training.data.mvtec import scan_mvtec_like
+
+    category = category or DEFAULT_CATEGORY
+    root = ensure(root, seed=seed, size=size, train=train, test=test)
+    category_root = require_category(root, category, "train/good", TREE)
+    records = scan_mvtec_like(category_root, split, TREE, mvtec_mask_stems, "synthetic (MVTec AD)")
+    hint = f"in {category_root / 'ground_truth'}/<defect>/<stem>_mask.png"
+    return DefectDataset(records, config, split, source=f"synthetic/{category}", mask_hint=hint, **common)
+
+
+def configure_synth(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="new (or empty) folder to write the dataset to")
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="generator seed; same seed = same bytes")
+    parser.add_argument(
+        "--categories", nargs="+", default=list(CATEGORIES), choices=CATEGORIES, help="surface categories to write"
+    )
+    parser.add_argument("--size", type=int, default=DEFAULTS["size"], help="image side in pixels (square images)")
+    parser.add_argument("--train", type=int, default=DEFAULTS["train"], help="good training images per category")
+    parser.add_argument(
+        "--test", type=int, default=DEFAULTS["test"], help="test images per category (half good, half defective)"
+    )
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    out = generate(args.out, args.seed, args.size, args.train, args.test, args.categories)
+    per_category = args.train + args.test
+    print(f"wrote {len(args.categories)} categories x {per_category} images ({args.size}x{args.size}) to {out}")
+    print(f"categories: {', '.join(args.categories)}; defects: {', '.join(DEFECTS)}; seed {args.seed}")
+    return 0

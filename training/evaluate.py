@@ -1,0 +1,135 @@
+"""Evaluation glue: predictions through an inference module, F1 thresholds on a validation split, the report.
+
+    checkpoint -> inference module (pipeline: SuperSimpleNet, or the folded graph when present) with sigmoid maps
+      -> collect(test split) -> training.report.write_report (metrics.json, report.md, overlays)
+      -> collect(validation split) -> training.metrics.f1_thresholds -> checkpoint metadata `thresholds`
+
+Validation split: the layout's own `val` split when it has one (the folder layout), else a deterministic,
+label-stratified part of the test split (`training.data.base.validation_split`, as anomalib's default "from test"
+validation). The paper's threshold-free metrics are computed on the whole test split, as the authors do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.model import SuperSimpleNet
+
+PROVIDERS = ("eager", "folded")
+VAL_SEED = 0
+
+
+def available_providers() -> list[str]:
+    """'eager' (the SuperSimpleNet module) always; 'folded' once pipeline/folded.py exists in this build."""
+    return ["eager"] + (["folded"] if importlib.util.find_spec("pipeline.folded") else [])
+
+
+def inference_module(model: SuperSimpleNet, provider: str = "eager") -> torch.nn.Module:
+    """An inference module (BRIEF contract: forward(images) -> Prediction) for `model`, with probability maps."""
+    model.map_sigmoid = True
+    model.eval()
+    if provider == "eager":
+        return model
+    if provider == "folded" and "folded" in available_providers():
+        from pipeline.folded import FoldedSSN
+
+        return FoldedSSN.from_model(model).eval()
+    raise ValueError(f"provider {provider!r} is not available here; available: {', '.join(available_providers())}")
+
+
+@dataclass
+class Collected:
+    scores: np.ndarray  # [N] sigmoid score
+    labels: np.ndarray  # [N] int
+    maps: np.ndarray  # [N, H, W] float32 probabilities
+    masks: np.ndarray  # [N, H, W] bool
+    segmented: np.ndarray  # [N] bool
+    paths: list[str]
+
+
+@torch.inference_mode()
+def collect(module: torch.nn.Module, dataset, batch_size: int, device: torch.device, num_workers: int = 0) -> Collected:
+    """Run `module` over `dataset` in index order; everything on the CPU as numpy."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    parts: dict[str, list] = {k: [] for k in ("scores", "labels", "maps", "masks", "segmented", "paths")}
+    for samples in loader:
+        pred = module(samples["image"].to(device))
+        parts["scores"].append(pred.score.float().cpu().numpy())
+        parts["maps"].append(pred.anomaly_map[:, 0].float().cpu().numpy())
+        parts["labels"].append(samples["label"].numpy().astype(np.int64))
+        parts["masks"].append(samples["mask"][:, 0].numpy() > 0)
+        parts["segmented"].append(samples["is_segmented"].numpy().astype(bool))
+        parts["paths"].extend(samples["path"])
+    arrays = {k: np.concatenate(v) for k, v in parts.items() if k != "paths"}
+    return Collected(paths=parts["paths"], **arrays)
+
+
+def validation_and_test(name: str, root, config, category, options: dict, fraction: float):
+    """(validation dataset, test dataset, description of where the validation split came from)."""
+    from training.data.base import available_splits
+    from training.data.base import build_dataset
+    from training.data.base import validation_split
+
+    test = build_dataset(name, root, "test", config, category, **options)
+    if "val" in available_splits(name, root):
+        val = build_dataset(name, root, "val", config, category, **options)
+        return val, test, f"the {name} layout's val split ({len(val)} images)"
+    _, val = validation_split(test, fraction, VAL_SEED)
+    source = f"{len(val)} images of the test split of {test.source} (fraction {fraction}, seed {VAL_SEED})"
+    return val, test, source
+
+
+def choose_thresholds(collected: Collected, source: str) -> dict:
+    """F1-optimal thresholds in raw probability space (BRIEF contract) plus where they came from."""
+    from training.metrics import f1_thresholds
+
+    found = f1_thresholds(collected.scores, collected.labels, collected.maps, collected.masks, collected.segmented)
+    thresholds = {k: float(found[k]) for k in ("image", "pixel") if k in found}
+    thresholds["source"] = f"F1-optimal on {source}"
+    for key, reason in found.get("undefined", {}).items():
+        thresholds[f"{key}_undefined"] = reason
+    return thresholds
+
+
+def report(
+    collected: Collected, out_dir: Path, dataset: str, category, regime: str, thresholds: dict, extra: dict
+) -> dict:
+    from training.report import EvalPredictions
+    from training.report import write_report
+
+    predictions = EvalPredictions(
+        collected.scores,
+        collected.labels,
+        collected.maps,
+        collected.masks,
+        collected.paths,
+        segmented=collected.segmented,
+    )
+    return write_report(
+        predictions, out_dir, dataset=dataset, category=category, regime=regime, thresholds=thresholds, extra=extra
+    )
+
+
+def format_metrics(result: dict) -> str:
+    from training.metrics import METRIC_NAMES
+
+    cells = []
+    for name in METRIC_NAMES:
+        value = result["metrics"].get(name)
+        cells.append(f"{name} {'n/a' if value is None else f'{100 * value:.1f}'}")
+    return "  ".join(cells)
+
+
+def store_thresholds(checkpoint: Path, model: SuperSimpleNet, backbone_source: str, thresholds: dict) -> None:
+    """Rewrite `checkpoint` with `thresholds` in its metadata (write, then rename)."""
+    from pipeline.checkpoint import read_metadata
+    from pipeline.checkpoint import save_checkpoint
+    from training.state import atomic_write
+
+    embedded = read_metadata(checkpoint).get("backbone_embedded", "true") == "true"
+    atomic_write(checkpoint, lambda tmp: save_checkpoint(model, tmp, backbone_source, embedded, thresholds))

@@ -1,0 +1,119 @@
+"""Building the model to train: seeded init, backbone weights, and BN calibration of a random backbone.
+
+With ImageNet weights (`IMAGENET1K_V1`, the paper's choice and the default of every preset) the backbone is used as
+it is. Where no pretrained weights exist (`--backbone-weights random`, or the synthetic demo on an offline host) the
+backbone keeps torchvision's own seeded initialisation (Kaiming-normal convs, BN gamma 1 and beta 0) and its BN
+running statistics, which are 0 and 1 at init and would leave activations unnormalised, are set to the statistics
+of the training images: one pass over them with the BN layers in training mode and a cumulative average
+(momentum None). Only good training images are used, nothing is learned by gradient, and the calibrated
+statistics are stored with the embedded backbone in the checkpoint, so evaluation and serving see the same
+network. The recorded source reads e.g. `random(seed=42)+bn-calibrated(64 images)`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from pipeline.backbone import DEFAULT_WEIGHTS
+from pipeline.backbone import RANDOM
+from pipeline.backbone import Backbone
+from pipeline.backbone import BackboneWeightsError
+from pipeline.backbone import load_backbone
+from pipeline.config import ModelConfig
+from pipeline.model import SuperSimpleNet
+from training.state import seed_everything
+
+
+def _batchnorms(module: nn.Module) -> list[nn.BatchNorm2d]:
+    return [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+@torch.no_grad()
+def calibrate_batchnorm(backbone: Backbone, images, device: torch.device) -> int:
+    """Set every BN running mean/var of `backbone` to the statistics of `images` (an iterable of [B,3,H,W]
+    normalized batches). Returns the number of images seen. The backbone stays frozen and in eval mode."""
+    bns = _batchnorms(backbone)
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches
+        bn.training = True  # bypasses Backbone.train(), which always keeps eval mode
+    seen = 0
+    try:
+        for batch in images:
+            batch = batch.to(device)
+            backbone(batch)
+            seen += batch.shape[0]
+    finally:
+        for bn, momentum in zip(bns, saved):
+            bn.momentum = momentum
+            bn.training = False
+    if seen == 0:
+        raise ValueError("BN calibration of the random backbone needs at least one training image")
+    return seen
+
+
+def load_training_backbone(
+    name: str, weights: str | None, allow_random_fallback: bool, log=print
+) -> tuple[Backbone, str]:
+    """(backbone, recorded source). weights None means the default (IMAGENET1K_V1). With `allow_random_fallback`
+    (the synthetic demo only) an unavailable default falls back to a random backbone, announced loudly."""
+    requested = weights or DEFAULT_WEIGHTS
+    if requested == RANDOM:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # asked for explicitly; the source says so in the checkpoint
+            return load_backbone(name, RANDOM), RANDOM
+    try:
+        return load_backbone(name, requested), requested
+    except (BackboneWeightsError, FileNotFoundError) as err:
+        if weights is not None or not allow_random_fallback:
+            raise
+        log(
+            f"WARNING: {name} {DEFAULT_WEIGHTS} weights are not available here ({err}).\n"
+            f"WARNING: the synthetic demo continues with a RANDOM {name} backbone, BN-calibrated on the training "
+            "images (README: 'Training and evaluation'); pass --backbone-weights to choose explicitly."
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load_backbone(name, RANDOM), RANDOM
+
+
+def build_model(
+    config: ModelConfig,
+    weights: str | None,
+    seed: int,
+    impl: str = "fast-cpu",
+    allow_random_fallback: bool = False,
+    log=print,
+) -> tuple[SuperSimpleNet, str]:
+    """Seed everything, then build backbone and heads in the official order (the init depends on the seed)."""
+    seed_everything(seed)
+    backbone, source = load_training_backbone(config.backbone, weights, allow_random_fallback, log)
+    if source == RANDOM:
+        source = f"{RANDOM}(seed={seed})"
+    return SuperSimpleNet(config, backbone, impl=impl), source
+
+
+def calibrate_if_random(model: SuperSimpleNet, source: str, dataset, batch_size: int, device, log=print) -> str:
+    """BN-calibrate a random backbone on the good images of `dataset`; returns the updated source string."""
+    if not source.startswith(RANDOM):
+        return source
+    good = [i for i in range(len(dataset)) if _label(dataset, i) == 0]
+    if not good:
+        raise ValueError("BN calibration of the random backbone needs good training images; the dataset has none")
+    subset = torch.utils.data.Subset(dataset, good)
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False)
+    model.backbone.to(device)
+    seen = calibrate_batchnorm(model.backbone, (s["image"] for s in loader), device)
+    log(f"random {model.config.backbone} backbone: BN statistics calibrated on {seen} good training images")
+    return f"{source}+bn-calibrated({seen} images)"
+
+
+def _label(dataset, index: int) -> int:
+    labels = getattr(dataset, "labels", None)
+    if labels is not None:
+        return int(labels[index])
+    return int(dataset[index]["label"])
