@@ -11,7 +11,9 @@ from datafakes import folder
 from pipeline.checkpoint import read_metadata
 from pipeline.cli import main
 
-SMALL = ["--preset", "tiny", "--set", "image_size=[32,48]", "--backbone-weights", "random", "--quiet"]
+# the JIMS head, so the supervised regimes also dilate masks and weight the seg loss (distance transform)
+SMALL = ["--preset", "tiny", "--set", "image_size=[32,48]", "--set", "adapt_cls_features=false"]
+SMALL += ["--backbone-weights", "random", "--quiet"]
 
 
 def train(tmp_path, root, *extra) -> int:
