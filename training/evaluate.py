@@ -11,7 +11,6 @@ validation). The paper's threshold-free metrics are computed on the whole test s
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,22 +23,22 @@ PROVIDERS = ("eager", "folded")
 VAL_SEED = 0
 
 
+PROVIDERS = ("eager", "folded")
+
+
 def available_providers() -> list[str]:
-    """'eager' (the SuperSimpleNet module) always; 'folded' once pipeline/folded.py exists in this build."""
-    return ["eager"] + (["folded"] if importlib.util.find_spec("pipeline.folded") else [])
+    """'eager': the SuperSimpleNet module as loaded; 'folded': pipeline/folded.py (the served default)."""
+    return list(PROVIDERS)
 
 
 def inference_module(model: SuperSimpleNet, provider: str = "eager") -> torch.nn.Module:
-    """An inference module (BRIEF contract: forward(images) -> Prediction) for `model`, with probability maps."""
-    model.map_sigmoid = True
-    model.eval()
-    if provider == "eager":
-        return model
-    if provider == "folded" and "folded" in available_providers():
-        from pipeline.folded import FoldedSSN
+    """An inference module (forward(images) -> Prediction) for `model`, with probability maps."""
+    from pipeline.serving import inference_module as serving_module
 
-        return FoldedSSN.from_model(model).eval()
-    raise ValueError(f"provider {provider!r} is not available here; available: {', '.join(available_providers())}")
+    if provider not in PROVIDERS:
+        raise ValueError(f"provider {provider!r} is unknown; accepted: {', '.join(PROVIDERS)}")
+    model.map_sigmoid = True
+    return serving_module(model, "folded") if provider == "folded" else model.eval()
 
 
 @dataclass
