@@ -13,7 +13,9 @@ from pathlib import Path
 def configure_infer(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint written by this project")
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, BMP, ...)")
-    parser.add_argument("--out", help="folder for <stem>_heatmap.png files")
+    parser.add_argument(
+        "--out", help="folder for <stem>_heatmap.png files (<parent>_<stem>_heatmap.png where stems repeat)"
+    )
     parser.add_argument(
         "--backbone-weights",
         default=None,
@@ -28,6 +30,16 @@ def configure_infer(parser) -> None:
         "fast-cpu (reordered fused ops), reference (the plain composition, as trained)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON results")
+
+
+def _unique_heatmap_names(paths: list[str]) -> dict[str, str]:
+    """A distinct file name per input: <stem>_heatmap.png, prefixed by parent folders while stems collide."""
+    names: dict[str, str] = {}
+    for depth in range(max((len(Path(p).parts) for p in paths), default=1)):
+        names = {p: "_".join(Path(p).with_suffix("").parts[-depth - 1 :]) + "_heatmap.png" for p in paths}
+        if len(set(names.values())) == len(set(paths)):
+            return names
+    return {p: f"{i:04d}_{Path(p).stem}_heatmap.png" for i, p in enumerate(paths)}
 
 
 def run_infer(args) -> int:
@@ -49,6 +61,7 @@ def run_infer(args) -> int:
 
         model = FoldedSSN.from_model(model)
     thresholds = Thresholds.from_metadata(metadata)
+    heatmap_names = _unique_heatmap_names(args.images)
     failed = 0
     results = []
     for path in args.images:
@@ -73,7 +86,7 @@ def run_infer(args) -> int:
         if thresholds.pixel is not None:
             row["defect_area"] = float((prob_map >= thresholds.pixel).mean())
         if args.out:
-            row["heatmap"] = str(save_heatmap(rgb, prob_map, Path(args.out) / f"{Path(path).stem}_heatmap.png"))
+            row["heatmap"] = str(save_heatmap(rgb, prob_map, Path(args.out) / heatmap_names[path]))
         results.append(row)
         if not args.json:
             label = f"  {row['label']:<6}" if "label" in row else ""

@@ -118,3 +118,15 @@ def test_help_lists_commands_without_loading_torch():
     assert out.returncode == 0, out.stderr
     assert "info" in out.stdout and "infer" in out.stdout
     assert out.stdout.strip().endswith("False")
+
+
+def test_heatmap_names_stay_distinct_when_stems_repeat():
+    from pipeline.infer import _unique_heatmap_names
+
+    names = _unique_heatmap_names(["d/test/good/000.png", "d/test/scratch/000.png", "other.jpg"])
+    assert names == {
+        "d/test/good/000.png": "good_000_heatmap.png",
+        "d/test/scratch/000.png": "scratch_000_heatmap.png",
+        "other.jpg": "other_heatmap.png",
+    }
+    assert _unique_heatmap_names(["a/1.png", "b/2.png"]) == {"a/1.png": "1_heatmap.png", "b/2.png": "2_heatmap.png"}

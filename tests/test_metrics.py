@@ -12,6 +12,7 @@ from sklearn.metrics import roc_curve
 from training.aupro import aupro
 from training.aupro import label_regions
 from training.metrics import METRIC_NAMES
+from training.metrics import at_threshold
 from training.metrics import compute_metrics
 from training.metrics import f1_optimal_threshold
 from training.metrics import f1_thresholds
@@ -221,10 +222,14 @@ def test_min_max_normalisation_invariance():
 def test_f1_optimal_threshold_hand_case_and_raw_probability_space():
     # thresholds 0.8 / 0.6 / 0.35 / 0.3 / 0.1 give F1 0.5 / 0.8 / 0.667 / 0.857 / 0.75
     values = np.array([0.1, 0.3, 0.35, 0.6, 0.8], np.float32)
-    assert f1_optimal_threshold(values, [0, 1, 0, 1, 1]) == pytest.approx(0.3)
+    # best score 0.3, returned midway to the next lower score (0.1): the same F1, robust to last-bit differences
+    threshold = f1_optimal_threshold(values, [0, 1, 0, 1, 1])
+    assert threshold == pytest.approx(0.2)
+    assert at_threshold(values, [0, 1, 0, 1, 1], threshold)["f1"] == pytest.approx(6 / 7)
     maps, masks = _row_images([(0.62, "D"), (0.5, "D"), (0.55, "."), (0.3, ".")], [(0.2, "."), (0.45, ".")] * 2)
     thresholds = f1_thresholds([0.9, 0.2], [1, 0], maps, masks)
-    assert thresholds == {"image": pytest.approx(0.9), "pixel": pytest.approx(0.5)}  # raw map values, not min-max
+    # best 0.9 / 0.5, midway to 0.2 / 0.45; raw map values, not min-max
+    assert thresholds == {"image": pytest.approx(0.55), "pixel": pytest.approx(0.475)}
 
 
 def test_thresholds_need_probabilities_and_defects():

@@ -180,7 +180,10 @@ def _pixel_metrics_reason(masks: np.ndarray) -> str | None:
 def f1_optimal_threshold(values, targets, weights=None) -> float:
     """values: [*] scores, targets: [*] bool (weights: [*] counts) -> threshold t maximising F1 of (values >= t).
 
-    The lowest t if tied; the same choice as anomalib's F1AdaptiveThreshold. Raises ValueError without positives.
+    anomalib's F1AdaptiveThreshold picks the F1-optimal score itself (the lowest if tied). We return the midpoint
+    between it and the next lower score: the same F1 on these values, and a frame scored exactly there keeps its
+    label when another inference formulation (folded, fp16, TensorRT) differs in the last bits. Raises ValueError
+    without positives.
     """
     values = np.asarray(values, dtype=np.float32).reshape(-1)
     targets = np.asarray(targets, dtype=bool).reshape(-1)
@@ -191,7 +194,9 @@ def f1_optimal_threshold(values, targets, weights=None) -> float:
     precision, recall, thresholds = precision_recall_curve(targets, values, sample_weight=weights)
     denominator = precision + recall
     f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0)
-    return float(thresholds[int(np.argmax(f1[:-1]))])  # the last (P=1, R=0) point has no threshold
+    best = float(thresholds[int(np.argmax(f1[:-1]))])  # the last (P=1, R=0) point has no threshold
+    below = values[values < best]
+    return best if below.size == 0 else (best + float(below.max())) / 2
 
 
 def at_threshold(values, targets, threshold: float) -> dict[str, float]:

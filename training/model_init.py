@@ -66,11 +66,13 @@ def load_training_backbone(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # asked for explicitly; the source says so in the checkpoint
             return load_backbone(name, RANDOM), RANDOM
+    rng = torch.random.get_rng_state()
     try:
         return load_backbone(name, requested), requested
     except (BackboneWeightsError, FileNotFoundError) as err:
         if weights is not None or not allow_random_fallback:
             raise
+        torch.random.set_rng_state(rng)  # the failed attempt drew an init: fall back to the same backbone as 'random'
         log(
             f"WARNING: {name} {DEFAULT_WEIGHTS} weights are not available here ({err}).\n"
             f"WARNING: the synthetic demo continues with a RANDOM {name} backbone, BN-calibrated on the training "
