@@ -12,6 +12,8 @@ backbone is rebuilt from `backbone_weights` (or an explicit override) at load ti
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,7 +40,8 @@ def save_checkpoint(
     embed_backbone: bool = True,
     thresholds: dict[str, float] | None = None,
 ) -> Path:
-    """Write `model` to `path` (.safetensors). `backbone_weights` records where the backbone came from."""
+    """Write `model` to `path` (.safetensors). `backbone_weights` records where the backbone came from.
+    Written to a temporary name and renamed: an interrupted write leaves the previous file or none."""
     path = Path(path)
     state = {k: v for k, v in model.state_dict().items() if embed_backbone or not k.startswith("backbone.")}
     # stored as float32 on CPU whatever the model's device/dtype, so any host can load it
@@ -50,8 +53,29 @@ def save_checkpoint(
         "backbone_embedded": json.dumps(embed_backbone),
         "thresholds": json.dumps(thresholds or {}),
     }
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call write(tmp) for a temporary file next to `path`, fsync it, then rename it to `path`."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:  # make the rename durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
     return path
 
 

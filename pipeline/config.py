@@ -151,6 +151,14 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
+def parse_value(raw: str) -> Any:
+    """A command-line value: JSON when it parses (numbers, lists, true/false), else the string itself."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
 def override(config: Any, assignments: list[str]) -> Any:
     """Apply `key=value` strings to a frozen dataclass (values parsed as JSON, else kept as strings)."""
     names = {f.name for f in dataclasses.fields(config)}
@@ -159,10 +167,7 @@ def override(config: Any, assignments: list[str]) -> Any:
         key, sep, raw = item.partition("=")
         if not sep or key not in names:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(names))}")
-        try:
-            value = json.loads(raw.lower() if raw.lower() in ("true", "false") else raw)
-        except json.JSONDecodeError:
-            value = raw
+        value = parse_value(raw.lower() if raw.lower() in ("true", "false") else raw)
         changes[key] = tuple(value) if isinstance(value, list) else value
     return dataclasses.replace(config, **changes)
 

@@ -50,16 +50,13 @@ def run_infer(args) -> int:
     from pipeline.images import load_image
     from pipeline.images import save_heatmap
     from pipeline.serving import Thresholds
+    from pipeline.serving import inference_module
 
     # map_sigmoid: heat maps and map_max as probabilities
-    impl = "reference" if args.impl == "folded" else args.impl
     model, metadata = load_checkpoint(
-        args.checkpoint, backbone_weights=args.backbone_weights, impl=impl, map_sigmoid=True
+        args.checkpoint, backbone_weights=args.backbone_weights, impl="reference", map_sigmoid=True
     )
-    if args.impl == "folded":
-        from pipeline.folded import FoldedSSN
-
-        model = FoldedSSN.from_model(model)
+    model = inference_module(model, args.impl)  # the served formulations, chosen the same way
     thresholds = Thresholds.from_metadata(metadata)
     heatmap_names = _unique_heatmap_names(args.images)
     failed = 0

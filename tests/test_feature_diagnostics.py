@@ -28,3 +28,26 @@ def test_mahalanobis_distance_is_in_units_of_each_directions_spread():
     probe[0, :, 0, 1] = mean.float() + torch.tensor([0.0, 0.5])  # one std along the narrow channel
     energy = mahalanobis_maps(probe, mean, inv_cov, (1, 2))
     assert torch.allclose(energy.flatten(), torch.ones(2), rtol=0.05)
+
+
+def test_diagnose_runs_on_a_dataset(tmp_path):
+    import dataclasses
+
+    from datafakes import mvtec
+
+    from pipeline.config import get_preset
+    from training.data.base import build_dataset
+    from training.feature_diagnostics import diagnose
+    from training.model_init import build_model
+
+    config = dataclasses.replace(get_preset("tiny").model, image_size=(32, 48))
+    model, _ = build_model(config, "random", seed=0)
+    root = tmp_path / "data"
+    mvtec(root)
+    train = build_dataset("mvtec", root, "train", config, "bottle", good_only=True)
+    test = build_dataset("mvtec", root, "test", config, "bottle")
+    result = diagnose(model.eval(), train, test)
+    separations = list(result["separation"].values())
+    assert result["channels"] == 384 and separations == sorted(separations) and separations[0] > 0
+    for metrics in (result["checkpoint"], result["mahalanobis_baseline"]):
+        assert set(metrics) == {"I-AUROC", "P-AUROC", "AUPRO"} and all(0 <= v <= 1 for v in metrics.values())

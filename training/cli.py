@@ -77,17 +77,14 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
 
 def parse_options(items: list[str]) -> dict:
     """KEY=VALUE strings -> dict; values parsed as JSON when they can be (numbers, lists), else strings."""
-    import json
+    from pipeline.config import parse_value
 
     options = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--data-option {item!r}: expected KEY=VALUE")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
+        options[key] = parse_value(raw)
     return options
 
 
@@ -141,7 +138,6 @@ def run_train(args) -> int:
     from training.model_init import build_model
     from training.model_init import calibrate_if_random
     from training.regimes import resolve
-    from training.state import atomic_write
     from training.trainer import FitOptions
     from training.trainer import fit
 
@@ -210,6 +206,6 @@ def run_train(args) -> int:
 
     from pipeline.checkpoint import save_checkpoint
 
-    atomic_write(args.out, lambda tmp: save_checkpoint(model, tmp, source, thresholds=thresholds))
+    save_checkpoint(model, args.out, source, thresholds=thresholds)  # write, then rename
     log(f"checkpoint: {args.out} ({time.perf_counter() - start:.1f} s in total)")
     return 0

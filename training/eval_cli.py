@@ -14,7 +14,7 @@ from pathlib import Path
 
 def configure_eval(parser: argparse.ArgumentParser) -> None:
     from training.cli import add_data_flags
-    from training.evaluate import available_providers
+    from training.evaluate import PROVIDERS
     from training.regimes import REGIMES
 
     parser.add_argument("--checkpoint", type=Path, required=True, help="a .safetensors checkpoint of this project")
@@ -33,7 +33,7 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=16, help="evaluation batch size")
     parser.add_argument(
-        "--provider", default="eager", choices=available_providers(), help="inference module that makes predictions"
+        "--provider", default="eager", choices=PROVIDERS, help="inference module that makes predictions"
     )
     parser.add_argument("--json", action="store_true", help="print metrics.json to stdout")
 

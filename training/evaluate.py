@@ -26,11 +26,6 @@ VAL_SEED = 0
 PROVIDERS = ("eager", "folded")
 
 
-def available_providers() -> list[str]:
-    """'eager': the SuperSimpleNet module as loaded; 'folded': pipeline/folded.py (the served default)."""
-    return list(PROVIDERS)
-
-
 def inference_module(model: SuperSimpleNet, provider: str = "eager") -> torch.nn.Module:
     """An inference module (forward(images) -> Prediction) for `model`, with probability maps."""
     from pipeline.serving import inference_module as serving_module
@@ -128,7 +123,6 @@ def store_thresholds(checkpoint: Path, model: SuperSimpleNet, backbone_source: s
     """Rewrite `checkpoint` with `thresholds` in its metadata (write, then rename)."""
     from pipeline.checkpoint import read_metadata
     from pipeline.checkpoint import save_checkpoint
-    from training.state import atomic_write
 
     embedded = read_metadata(checkpoint).get("backbone_embedded", "true") == "true"
-    atomic_write(checkpoint, lambda tmp: save_checkpoint(model, tmp, backbone_source, embedded, thresholds))
+    save_checkpoint(model, checkpoint, backbone_source, embedded, thresholds)

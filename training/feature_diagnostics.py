@@ -22,16 +22,11 @@ import torch
 SIGMAS = (0.015, 0.05, 0.1, 0.3)
 
 
-def pooled_features(model, dataset, batch_size: int = 16) -> tuple[torch.Tensor, dict]:
-    """[N, C, fh, fw] pooled features of every image, plus the collated labels and masks."""
+def pooled_features(model, dataset, batch_size: int = 16) -> torch.Tensor:
+    """[N, C, fh, fw] pooled features of every image of `dataset`, in index order."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
-    feats, labels, masks = [], [], []
     with torch.no_grad():
-        for batch in loader:
-            feats.append(model.features(batch["image"]).pooled)
-            labels.append(batch["label"])
-            masks.append(batch["mask"])
-    return torch.cat(feats), {"label": torch.cat(labels), "mask": torch.cat(masks)}
+        return torch.cat([model.features(batch["image"]).pooled for batch in loader])
 
 
 def spectrum(train_feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -56,27 +51,21 @@ def mahalanobis_maps(feats: torch.Tensor, mean: torch.Tensor, inv_cov: torch.Ten
 
 
 def diagnose(model, train, test) -> dict:
+    from training.evaluate import collect
+    from training.evaluate import inference_module
     from training.metrics import compute_metrics
 
-    train_feats, _ = pooled_features(model, train)
-    mean, inv_cov, eig = spectrum(train_feats)
-    test_feats, targets = pooled_features(model, test)
-    labels = targets["label"].numpy().astype(int)
-    masks = targets["mask"][:, 0].numpy() > 0
-    maps = mahalanobis_maps(test_feats, mean, inv_cov, model.config.image_size)
-    model.map_sigmoid = True
-    with torch.no_grad():
-        preds = [model(batch["image"]) for batch in torch.utils.data.DataLoader(test, batch_size=16)]
-    scores = torch.cat([p.score for p in preds]).numpy()
-    model_maps = torch.cat([p.anomaly_map for p in preds])[:, 0].numpy()
+    mean, inv_cov, eig = spectrum(pooled_features(model, train))
+    maps = mahalanobis_maps(pooled_features(model, test), mean, inv_cov, model.config.image_size)
+    trained = collect(inference_module(model), test, 16, torch.device("cpu"))
+    baseline = compute_metrics(maps.amax(dim=(1, 2, 3)).numpy(), trained.labels, maps[:, 0].numpy(), trained.masks)
+    metrics = compute_metrics(trained.scores, trained.labels, trained.maps, trained.masks)
     keep = ("I-AUROC", "P-AUROC", "AUPRO")
-    baseline = compute_metrics(maps.amax(dim=(1, 2, 3)).numpy(), labels, maps[:, 0].numpy(), masks)
-    trained = compute_metrics(scores, labels, model_maps, masks)
     return {
         "channels": int(eig.numel()),
         "eigenvalues": {"min": float(eig[0]), "median": float(eig.median()), "max": float(eig[-1])},
         "separation": {str(s): round(separation(eig, s), 3) for s in SIGMAS},
-        "checkpoint": {k: round(float(trained[k]), 4) for k in keep},
+        "checkpoint": {k: round(float(metrics[k]), 4) for k in keep},
         "mahalanobis_baseline": {k: round(float(baseline[k]), 4) for k in keep},
     }
 

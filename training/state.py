@@ -12,7 +12,6 @@ the hash matches. The final checkpoint `--out` is written the same way, once, at
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import re
 from collections import Counter
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from pipeline.checkpoint import atomic_write
 
 STATE_FORMAT = "supersimplenet-train-state/1"
 _PAIR = re.compile(r"^epoch_(\d+)\.state\.pt$")
@@ -63,29 +64,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call write(tmp) for a temporary file next to `path`, fsync it, then rename it to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:  # make the rename durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    return path
-
-
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -124,9 +102,10 @@ def save_pair(
     state: dict,
     keep: int = 2,
 ) -> tuple[Path, Path]:
-    """Model file, then the state naming the model's hash; older pairs beyond `keep` are removed."""
+    """Model file, then the state naming the model's hash; older pairs beyond `keep` are removed.
+    write_model(path) writes the model file (save_checkpoint: write, then rename)."""
     model_path, state_path = pair_paths(folder, epoch)
-    atomic_write(model_path, write_model)
+    write_model(model_path)
     payload = {"format": STATE_FORMAT, "epoch": epoch, "model_sha256": file_sha256(model_path), **state}
     atomic_write(state_path, lambda tmp: torch.save(payload, tmp))
     for old in sorted(available_epochs(folder))[:-keep]:

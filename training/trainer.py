@@ -229,11 +229,10 @@ def fit(
 
 
 def save_periodic(model, optimizer, scheduler, history, resolved: Resolved, opts: FitOptions, epoch: int) -> None:
-    def write_model(tmp: Path) -> None:
-        save_checkpoint(model, tmp, opts.backbone_source)
-
     state = training_state(optimizer, scheduler, history, resolved, opts)
-    st.save_pair(st.checkpoint_dir(opts.out), epoch, write_model, state)
+    st.save_pair(
+        st.checkpoint_dir(opts.out), epoch, lambda path: save_checkpoint(model, path, opts.backbone_source), state
+    )
 
 
 def run_epoch(model, forward, optimizer, view, sampler, cache, epoch, resolved, opts, device, info, result) -> dict:
