@@ -18,7 +18,7 @@ from training.data.synthetic import DEFECTS
 from training.data.synthetic import generate
 from training.data.synthetic import make_sample
 
-SMALL = {"size": 64, "train": 3, "test": 8}
+SMALL = {"size": 64, "train": 3, "test": 8, "train_defects": 2}
 CFG = ModelConfig(backbone="resnet18", image_size=(64, 64))
 
 
@@ -29,7 +29,7 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     a = tree_bytes(generate(tmp_path / "a", seed=7, categories=["metal", "wood"], **SMALL))
     b = tree_bytes(generate(tmp_path / "b", seed=7, categories=["metal", "wood"], **SMALL))
-    assert a == b and len(a) == 2 * (3 + 8 + 4) + 1  # images, masks, manifest
+    assert a == b and len(a) == 2 * (3 + 2 * 2 + 8 + 4) + 1  # images, masks, manifest
     c = tree_bytes(generate(tmp_path / "c", seed=8, categories=["metal", "wood"], **SMALL))
     assert a.keys() == c.keys() and all(a[k] != c[k] for k in a if k.endswith(".png"))
     alone = tree_bytes(generate(tmp_path / "d", seed=7, categories=["wood"], **SMALL))
@@ -58,7 +58,11 @@ def test_textures_vary_but_stay_in_range():
 def test_reads_as_mvtec_through_the_factory(tmp_path):
     root = tmp_path / "synth"
     train = build_dataset("synthetic", root, "train", CFG, category="stone", seed=2, **SMALL)
-    assert len(train) == 3 and json.loads((root / "synthetic.json").read_text())["seed"] == 2
+    assert train.labels.tolist() == [0] * 3 + [1] * 2 and json.loads((root / "synthetic.json").read_text())["seed"] == 2
+    assert sorted(Path(r.image).name for r in train.records if r.label) == ["train_000.png", "train_001.png"]
+    assert all(float(train[i]["mask"].sum()) >= 12 and bool(train[i]["is_segmented"]) for i in (3, 4))
+    assert len(build_dataset("synthetic", root, "train", CFG, category="stone", good_only=True)) == 3
+    assert len(build_dataset("mvtec", root, "train", CFG, category="stone")) == 3  # MVTec reads train/good only
     test = build_dataset("synthetic", root, "test", CFG, category="stone")  # reuses it
     assert test.labels.tolist() == [0] * 4 + [1] * 4
     names = sorted({Path(r.image).parent.name for r in test.records})
@@ -71,6 +75,21 @@ def test_reads_as_mvtec_through_the_factory(tmp_path):
         build_dataset("synthetic", root, "test", CFG, category="stone", seed=3)
 
 
+def test_training_defects_are_drawn_apart_from_test_defects(tmp_path):
+    root = generate(tmp_path / "s", seed=1, categories=["metal"], **SMALL)
+    train = {p.read_bytes() for p in (root / "metal" / "train").rglob("train_*.png")}
+    test = {p.read_bytes() for p in (root / "metal" / "test").rglob("*.png")}
+    assert len(train) == 2 and not train & test
+
+
+def test_a_dataset_of_an_older_generator_is_refused(tmp_path):
+    root = generate(tmp_path / "old", seed=1, categories=["metal"], **SMALL)
+    manifest = json.loads((root / "synthetic.json").read_text())
+    (root / "synthetic.json").write_text(json.dumps({**manifest, "version": 1}))
+    with pytest.raises(ValueError, match="generator version 1.*delete the folder"):
+        build_dataset("synthetic", root, "train", CFG, category="metal")
+
+
 def test_default_root_is_a_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     data = build_dataset("synthetic", None, "train", CFG, **SMALL)  # default category
@@ -80,9 +99,26 @@ def test_default_root_is_a_cache(tmp_path, monkeypatch):
 def test_ssn_synth_command(tmp_path):
     ssn = str(Path(sys.executable).parent / "ssn")
     out = tmp_path / "ds"
-    args = [ssn, "synth", "--out", str(out), "--categories", "fabric", "--size", "48", "--train", "2", "--test", "4"]
+    args = [
+        ssn,
+        "synth",
+        "--out",
+        str(out),
+        "--categories",
+        "fabric",
+        "--size",
+        "48",
+        "--train",
+        "2",
+        "--test",
+        "4",
+        "--train-defects",
+        "1",
+    ]
     done = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (out / "fabric" / "ground_truth" / "scratch" / "000_mask.png").is_file()
+    assert (out / "fabric" / "ground_truth" / "scratch" / "train_000_mask.png").is_file()
+    assert (out / "fabric" / "train" / "scratch" / "train_000.png").is_file()
     again = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and str(out) in again.stderr and "not empty" in again.stderr

@@ -1,11 +1,10 @@
 """The embedded default end to end, as a user runs it: ssn synth -> ssn train (tiny preset, synthetic data, CPU)
--> ssn eval -> ssn infer prints a label per image. Gate: I-AUROC >= 0.95 on the test split and a good and a defective
-image labelled correctly. AUPRO (issue target 0.80; 0.848 measured for the default seed) is printed, not gated: with a
-random backbone the paper's noise is invisible in the features and the maps' quality depends on the seed (README
-"Training and evaluation", training/feature_diagnostics.py).
+-> ssn eval -> ssn infer prints a label per image. Gate: the issue's targets on the test split, I-AUROC >= 0.95 and
+AUPRO >= 0.80, and a good and a defective image labelled correctly.
 
-The backbone is random here (no download); `--backbone-weights random` makes that explicit, so the test runs the
-same way on a machine that has ImageNet weights cached (README "Training and evaluation")."""
+The tiny preset trains supervised on the synthetic line's 32 labelled training defects (the test defects are other
+draws); the backbone is random here (no download), and `--backbone-weights random` makes that explicit, so the test
+runs the same way on a machine that has ImageNet weights cached (README "Training and evaluation")."""
 
 from __future__ import annotations
 
@@ -42,13 +41,12 @@ def test_synthetic_tiny_train_eval_infer(tmp_path):
         str(ck),
         "--quiet",
     )
-    assert "trained in" in trained.stdout and ck.is_file()
+    assert "trained in" in trained.stdout and "(supervised," in trained.stdout and ck.is_file()
 
     result = json.loads(ssn("eval", "--checkpoint", str(ck), "--synthetic", "--data", str(data), "--json").stdout)
     metrics = result["metrics"]
     print(trained.stdout[-1500:], json.dumps(metrics, indent=1))
-    assert metrics["I-AUROC"] >= 0.95, metrics
-    assert 0.0 <= metrics["AUPRO"] <= 1.0 and 0.0 <= metrics["P-AUROC"] <= 1.0, metrics
+    assert metrics["I-AUROC"] >= 0.95 and metrics["AUPRO"] >= 0.80, metrics
     assert set(result["thresholds"]) >= {"image", "pixel"}  # F1 thresholds stored by ssn train
 
     good, defect = data / "metal/test/good/000.png", data / "metal/test/spot/000.png"

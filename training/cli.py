@@ -54,7 +54,7 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--supervision",
         choices=list(REGIMES),
-        help="regime with the authors' settings (default: supervised for ksdd2/sensum presets, else unsupervised)",
+        help="regime with the authors' settings (default: supervised for ksdd2/sensum/tiny, else unsupervised)",
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ModelConfig field")
     parser.add_argument("--epochs", type=int, help="epochs (default: the preset's; the paper uses 300)")

@@ -30,9 +30,15 @@ def mvtec_mask_stems(stem: str) -> list[str]:
 
 
 def scan_mvtec_like(
-    category_root: Path, split: str, tree: str, mask_stems: Callable[[str], list[str]], layout: str
+    category_root: Path,
+    split: str,
+    tree: str,
+    mask_stems: Callable[[str], list[str]],
+    layout: str,
+    train_defects: bool = False,
 ) -> list[Record]:
-    """Records of `split` in an MVTec-style category: <split>/good, <split>/<defect>, ground_truth/<defect>."""
+    """Records of `split` in an MVTec-style category: <split>/good, <split>/<defect>, ground_truth/<defect>.
+    The train split is good images only, unless `train_defects` (the synthetic layout) also reads train/<defect>."""
     if split not in ("train", "test"):
         raise DatasetError(
             f"the {layout} layout has train and test splits only, not {split!r}; take a validation set from the "
@@ -41,8 +47,20 @@ def scan_mvtec_like(
     split_dir = require_dir(category_root / split, f"{split} folder", tree)
     if split == "train":
         good = require_images(split_dir / "good", "training folder of good images", tree)
-        return [Record(p, 0) for p in good]
+        defects = _defect_records(category_root, split_dir, tree, mask_stems, split) if train_defects else []
+        return [Record(p, 0) for p in good] + defects
     records = [Record(p, 0) for p in list_images(split_dir / "good")] if (split_dir / "good").is_dir() else []
+    records += _defect_records(category_root, split_dir, tree, mask_stems, split)
+    if not records:
+        raise layout_error("the test folder holds no images", split_dir, tree)
+    return records
+
+
+def _defect_records(
+    category_root: Path, split_dir: Path, tree: str, mask_stems: Callable[[str], list[str]], split: str
+) -> list[Record]:
+    """Every image of <split>/<defect>/ (any folder but good) with its mask from ground_truth/<defect>/."""
+    records = []
     for defect_dir in sorted(d for d in split_dir.iterdir() if d.is_dir() and d.name != "good"):
         mask_dir = category_root / "ground_truth" / defect_dir.name
         masks = {p.stem: p for p in list_images(mask_dir)} if mask_dir.is_dir() else {}
@@ -51,11 +69,11 @@ def scan_mvtec_like(
             mask = next((masks[s] for s in candidates if s in masks), None)
             if mask is None:
                 raise layout_error(
-                    f"defective test image {str(image)!r} has no mask (looked for {candidates[0]}.png)", mask_dir, tree
+                    f"defective {split} image {str(image)!r} has no mask (looked for {candidates[0]}.png)",
+                    mask_dir,
+                    tree,
                 )
             records.append(Record(image, 1, mask))
-    if not records:
-        raise layout_error("the test folder holds no images", split_dir, tree)
     return records
 
 

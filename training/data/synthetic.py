@@ -6,10 +6,16 @@ image comes from its own numpy Generator seeded by (seed, category, split, numbe
 byte-identical files, and choosing fewer categories does not change the others.
 
     DIR/<category>/train/good/000.png
+    DIR/<category>/train/<defect>/train_000.png               (labelled defects: the supervised regimes)
     DIR/<category>/test/good/000.png
     DIR/<category>/test/<defect>/000.png
-    DIR/<category>/ground_truth/<defect>/000_mask.png      (0 good, 255 defect)
-    DIR/synthetic.json                                      (the generation parameters)
+    DIR/<category>/ground_truth/<defect>/000_mask.png          (0 good, 255 defect)
+    DIR/<category>/ground_truth/<defect>/train_000_mask.png
+    DIR/synthetic.json                                        (the generation parameters)
+
+Like a production line with a few inspected rejects (KSDD2), the train split also holds labelled defective images
+(`train_defects`, default 32: eight of each kind, drawn apart from the test ones). The unsupervised regime ignores
+them; the MVTec AD reader, pointed at the same tree, reads train/good only.
 """
 
 from __future__ import annotations
@@ -32,9 +38,10 @@ from training.data.synthetic_textures import to_uint8
 
 CATEGORIES = tuple(TEXTURES)  # metal, fabric, wood, stone (order fixes each category's seed)
 DEFAULT_CATEGORY = "metal"
-DEFAULTS = {"seed": 0, "size": 128, "train": 64, "test": 32}
+DEFAULTS = {"seed": 0, "size": 128, "train": 64, "test": 32, "train_defects": 32}
+VERSION = 2  # 2: labelled training defects
 MANIFEST = "synthetic.json"
-_SPLIT_IDS = {"train": 0, "test": 1}
+_SPLIT_IDS = {"train": 0, "test": 1, "train_defect": 2}
 
 
 def image_rng(seed: int, category: str, split: str, number: int) -> np.random.Generator:
@@ -62,16 +69,27 @@ def test_plan(count: int) -> list[str | None]:
     return [None] * good + [kinds[j % len(kinds)] for j in range(count - good)]
 
 
+def train_defect_plan(count: int) -> list[str]:
+    """Defect kind per labelled training defect: cycling scratch, spot, crack, stain."""
+    kinds = list(DEFECTS)
+    return [kinds[j % len(kinds)] for j in range(count)]
+
+
 def _save_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path, format="PNG", optimize=False)
 
 
-def write_category(out: Path, category: str, seed: int, size: int, train: int, test: int) -> None:
+def write_category(out: Path, category: str, seed: int, size: int, train: int, test: int, train_defects: int) -> None:
     root = out / category
     for number in range(train):
         _, image, _ = make_sample(seed, category, "train", number, size, None)
         _save_png(image, root / "train" / "good" / f"{number:03}.png")
+    for number, defect in enumerate(train_defect_plan(train_defects)):
+        _, image, mask = make_sample(seed, category, "train_defect", number, size, defect)
+        stem = f"train_{number:03}"
+        _save_png(image, root / "train" / defect / f"{stem}.png")
+        _save_png(mask.astype(np.uint8) * 255, root / "ground_truth" / defect / f"{stem}_mask.png")
     counters: dict[str, int] = {}
     for number, defect in enumerate(test_plan(test)):
         _, image, mask = make_sample(seed, category, "test", number, size, defect)
@@ -83,19 +101,38 @@ def write_category(out: Path, category: str, seed: int, size: int, train: int, t
             _save_png(mask.astype(np.uint8) * 255, root / "ground_truth" / defect / f"{stem}_mask.png")
 
 
-def parameters(seed: int, size: int, train: int, test: int, categories) -> dict:
+def parameters(seed: int, size: int, train: int, test: int, categories, train_defects: int) -> dict:
     cats = list(CATEGORIES if categories is None else categories)
     unknown = [c for c in cats if c not in CATEGORIES]
     if unknown:
         raise ValueError(f"synthetic categories {unknown} are unknown; accepted: {', '.join(CATEGORIES)}")
-    if size < 32 or train < 1 or test < 2:
-        raise ValueError(f"synthetic size={size} must be >= 32, train={train} >= 1 and test={test} >= 2")
-    return {"seed": seed, "size": size, "train": train, "test": test, "categories": cats, "version": 1}
+    if size < 32 or train < 1 or test < 2 or train_defects < 0:
+        raise ValueError(
+            f"synthetic size={size} must be >= 32, train={train} >= 1, test={test} >= 2 and "
+            f"train_defects={train_defects} >= 0"
+        )
+    return {
+        "seed": seed,
+        "size": size,
+        "train": train,
+        "test": test,
+        "train_defects": train_defects,
+        "categories": cats,
+        "version": VERSION,
+    }
 
 
-def generate(out: str | Path, seed: int = 0, size: int = 128, train: int = 64, test: int = 32, categories=None) -> Path:
+def generate(
+    out: str | Path,
+    seed: int = 0,
+    size: int = 128,
+    train: int = 64,
+    test: int = 32,
+    categories=None,
+    train_defects: int = 32,
+) -> Path:
     """Write the dataset to `out` (which must not exist or be empty); returns `out`."""
-    params = parameters(seed, size, train, test, categories)
+    params = parameters(seed, size, train, test, categories, train_defects)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"output folder {str(out)!r} is not empty; choose a new folder")
@@ -104,7 +141,7 @@ def generate(out: str | Path, seed: int = 0, size: int = 128, train: int = 64, t
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for category in params["categories"]:
-            write_category(staging, category, seed, size, train, test)
+            write_category(staging, category, seed, size, train, test, train_defects)
         (staging / MANIFEST).write_text(json.dumps(params, indent=1, sort_keys=True) + "\n")
         if out.exists():
             out.rmdir()
@@ -115,15 +152,16 @@ def generate(out: str | Path, seed: int = 0, size: int = 128, train: int = 64, t
     return out
 
 
-def default_root(seed: int, size: int, train: int, test: int) -> Path:
+def default_root(seed: int, size: int, train: int, test: int, train_defects: int) -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "supersimplenet" / f"synthetic-s{seed}-{size}px-{train}x{test}"
+    return cache / "supersimplenet" / f"synthetic-v{VERSION}-s{seed}-{size}px-{train}+{train_defects}x{test}"
 
 
 def ensure(root: str | Path | None = None, **wanted) -> Path:
     """The dataset at `root` (default: a per-parameter folder under ~/.cache), generated first if absent.
 
-    `wanted` holds seed/size/train/test; those given (not None) must match an existing dataset's manifest.
+    `wanted` holds seed/size/train/test/train_defects; those given (not None) must match an existing dataset's
+    manifest, and a dataset written by an older generator version is refused (regenerate it).
     """
     given = {k: v for k, v in wanted.items() if v is not None}
     unknown = set(given) - set(DEFAULTS)
@@ -134,6 +172,11 @@ def ensure(root: str | Path | None = None, **wanted) -> Path:
     manifest = root / MANIFEST
     if manifest.is_file():
         found = json.loads(manifest.read_text())
+        if found.get("version") != VERSION:
+            raise ValueError(
+                f"{str(root)!r} holds a synthetic dataset of generator version {found.get('version')}, this code "
+                f"writes version {VERSION} (labelled training defects): delete the folder or choose a new one"
+            )
         differ = {k: (v, found.get(k)) for k, v in given.items() if found.get(k) != v}
         if differ:
             shown = ", ".join(f"{k}={want} (found {have})" for k, (want, have) in differ.items())
@@ -151,11 +194,12 @@ def build(
     size: int | None = None,
     train: int | None = None,
     test: int | None = None,
+    train_defects: int | None = None,
     **common,
 ):
     """Dataset factory entry: generates the dataset on first use (all categories), then reads it as MVTec AD.
 
-    `category` defaults to DEFAULT_CATEGORY; seed/size/train/test default to DEFAULTS when generating.
+    `category` defaults to DEFAULT_CATEGORY; seed/size/train/test/train_defects default to DEFAULTS when generating.
     """
     from training.data.base import DefectDataset
     from training.data.base import require_category
@@ -164,9 +208,9 @@ def build(
     from training.data.mvtec import scan_mvtec_like
 
     category = category or DEFAULT_CATEGORY
-    root = ensure(root, seed=seed, size=size, train=train, test=test)
+    root = ensure(root, seed=seed, size=size, train=train, test=test, train_defects=train_defects)
     category_root = require_category(root, category, "train/good", TREE)
-    records = scan_mvtec_like(category_root, split, TREE, mvtec_mask_stems, "synthetic (MVTec AD)")
+    records = scan_mvtec_like(category_root, split, TREE, mvtec_mask_stems, "synthetic (MVTec AD)", train_defects=True)
     hint = f"in {category_root / 'ground_truth'}/<defect>/<stem>_mask.png"
     return DefectDataset(records, config, split, source=f"synthetic/{category}", mask_hint=hint, **common)
 
@@ -182,11 +226,17 @@ def configure_synth(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--test", type=int, default=DEFAULTS["test"], help="test images per category (half good, half defective)"
     )
+    parser.add_argument(
+        "--train-defects",
+        type=int,
+        default=DEFAULTS["train_defects"],
+        help="labelled defective training images per category, with masks (the supervised regimes; 0: none)",
+    )
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    out = generate(args.out, args.seed, args.size, args.train, args.test, args.categories)
-    per_category = args.train + args.test
+    out = generate(args.out, args.seed, args.size, args.train, args.test, args.categories, args.train_defects)
+    per_category = args.train + args.train_defects + args.test
     print(f"wrote {len(args.categories)} categories x {per_category} images ({args.size}x{args.size}) to {out}")
     print(f"categories: {', '.join(args.categories)}; defects: {', '.join(DEFECTS)}; seed {args.seed}")
     return 0
