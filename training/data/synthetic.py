@@ -62,17 +62,16 @@ def make_sample(
     return to_uint8(clean), to_uint8(image), mask
 
 
+def defect_cycle(count: int) -> list[str]:
+    """`count` defect kinds cycling scratch, spot, crack, stain (the labelled training defects)."""
+    kinds = list(DEFECTS)
+    return [kinds[j % len(kinds)] for j in range(count)]
+
+
 def test_plan(count: int) -> list[str | None]:
     """Defect kind per test image: the first half good (None), the rest cycling scratch, spot, crack, stain."""
     good = count // 2
-    kinds = list(DEFECTS)
-    return [None] * good + [kinds[j % len(kinds)] for j in range(count - good)]
-
-
-def train_defect_plan(count: int) -> list[str]:
-    """Defect kind per labelled training defect: cycling scratch, spot, crack, stain."""
-    kinds = list(DEFECTS)
-    return [kinds[j % len(kinds)] for j in range(count)]
+    return [None] * good + defect_cycle(count - good)
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
@@ -85,7 +84,7 @@ def write_category(out: Path, category: str, seed: int, size: int, train: int, t
     for number in range(train):
         _, image, _ = make_sample(seed, category, "train", number, size, None)
         _save_png(image, root / "train" / "good" / f"{number:03}.png")
-    for number, defect in enumerate(train_defect_plan(train_defects)):
+    for number, defect in enumerate(defect_cycle(train_defects)):
         _, image, mask = make_sample(seed, category, "train_defect", number, size, defect)
         stem = f"train_{number:03}"
         _save_png(image, root / "train" / defect / f"{stem}.png")
