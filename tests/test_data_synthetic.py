@@ -122,3 +122,11 @@ def test_ssn_synth_command(tmp_path):
     assert (out / "fabric" / "train" / "scratch" / "train_000.png").is_file()
     again = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and str(out) in again.stderr and "not empty" in again.stderr
+
+
+def test_a_training_defect_without_its_mask_is_named(tmp_path):
+    root = generate(tmp_path / "s", seed=1, categories=["metal"], **SMALL)
+    (root / "metal" / "ground_truth" / "scratch" / "train_000_mask.png").unlink()
+    with pytest.raises(ValueError, match="defective train image .*train_000.png' has no mask") as err:
+        build_dataset("synthetic", root, "train", CFG, category="metal")
+    assert "train/<defect>/train_NNN.png" in str(err.value)  # the expected tree is printed

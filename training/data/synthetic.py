@@ -41,6 +41,15 @@ DEFAULT_CATEGORY = "metal"
 DEFAULTS = {"seed": 0, "size": 128, "train": 64, "test": 32, "train_defects": 32}
 VERSION = 2  # 2: labelled training defects
 MANIFEST = "synthetic.json"
+TREE = """\
+ROOT/                                  (written by `ssn synth --out ROOT`; generated on first use when absent)
+├── synthetic.json                     the generation parameters (version 2)
+└── <category>/                        metal, fabric, wood, stone
+    ├── train/good/*.png               defect-free training images
+    ├── train/<defect>/train_NNN.png   labelled defective training images (scratch, spot, crack, stain)
+    ├── test/good/*.png
+    ├── test/<defect>/NNN.png
+    └── ground_truth/<defect>/<stem>_mask.png   masks of the test and training defects (0 good, 255 defect)"""
 _SPLIT_IDS = {"train": 0, "test": 1, "train_defect": 2}
 
 
@@ -202,7 +211,6 @@ def build(
     """
     from training.data.base import DefectDataset
     from training.data.base import require_category
-    from training.data.mvtec import TREE
     from training.data.mvtec import mvtec_mask_stems
     from training.data.mvtec import scan_mvtec_like
 
