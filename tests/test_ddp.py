@@ -3,8 +3,9 @@
 The synthetic anomalies, the data order, every loss mean and the batch-norm statistics are the same by construction;
 only float summation order differs (gradient all-reduce, batch-norm statistics as sums). The two ranks hold
 bit-identical weights. Tolerance, after 4 AdamW steps: for every tensor with a non-zero gradient,
-||w_ddp - w_single|| <= 1e-3 * ||w_single - w_init|| (measured: <= 5e-4; the largest relative gaps are elements whose
-gradient is near 0, where Adam's g / sqrt(v) amplifies rounding). The biases of the first seg conv and of the cls
+||w_ddp - w_single|| <= 3e-3 * ||w_single - w_init|| (measured: <= 5e-4 on an AMD EPYC, 1.02e-3 on an Intel Xeon, both
+for the cls conv weight, which feeds a batch norm; the largest relative gaps are elements whose gradient is near 0,
+where Adam's g / sqrt(v) amplifies rounding). A sharding or averaging bug moves weights by O(1) of their step. The biases of the first seg conv and of the cls
 conv feed a batch norm, so their gradient is analytically zero (so is the adaptor bias's in the JIMS head): Adam
 turns rounding-level gradients into steps of up to lr in both runs, so they are only checked against that bound.
 Step losses agree to 1e-5. (tiny preset: ICPR head.)
@@ -21,7 +22,7 @@ import torch
 
 SCRIPT = Path(__file__).with_name("ddp_fit.py")
 TORCHRUN = Path(sys.executable).with_name("torchrun")
-RELATIVE_TOLERANCE = 1e-3
+RELATIVE_TOLERANCE = 3e-3
 ZERO_GRADIENT = ("seg_head.0.bias", "cls_head.conv.0.bias")  # each feeds a batch norm
 MAX_LR, STEPS = 2e-4, 4
 
