@@ -3,7 +3,7 @@
     python bench/serve.py                      # tiny preset on CPU, about 2 minutes on 2 cores
     python bench/serve.py --preset mvtec --device gpu --concurrency 1 4 16 64 --max-batch 64
 
-Both sides run the same code (`pipeline.serving.Predictor`: DALI decode, the inference module, postprocess) on
+Both sides run the same code (`pipeline.deploy.serving.Predictor`: DALI decode, the inference module, postprocess) on
 the same JPEG frames. In-process: one caller, batches of min(concurrency, max batch). Served: a real tritonserver
 (`ssn serve`'s launcher) on loopback ports, `concurrency` clients (tritonclient.grpc.aio), one frame per request,
 merged by the dynamic batcher. The ratio column is served / in-process frames/s at the same concurrency; the
@@ -35,13 +35,13 @@ from pipeline.backbone import load_backbone  # noqa: E402
 from pipeline.checkpoint import save_checkpoint  # noqa: E402
 from pipeline.config import PRESETS  # noqa: E402
 from pipeline.config import get_preset  # noqa: E402
-from pipeline.deploy import DeployOptions  # noqa: E402
-from pipeline.deploy import deploy  # noqa: E402
+from pipeline.deploy.deploy import DeployOptions  # noqa: E402
+from pipeline.deploy.deploy import deploy  # noqa: E402
+from pipeline.deploy.serving import Predictor  # noqa: E402
+from pipeline.deploy.triton_server import TritonProcess  # noqa: E402
+from pipeline.inference import DEFAULT_IMPL  # noqa: E402
+from pipeline.inference import INFERENCE_IMPLS  # noqa: E402
 from pipeline.model import SuperSimpleNet  # noqa: E402
-from pipeline.serving import DEFAULT_IMPL  # noqa: E402
-from pipeline.serving import INFERENCE_IMPLS  # noqa: E402
-from pipeline.serving import Predictor  # noqa: E402
-from pipeline.triton_server import TritonProcess  # noqa: E402
 
 
 def make_frames(height: int, width: int, count: int) -> list[bytes]:

@@ -21,9 +21,9 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "info": Command("pipeline.stats", "config, parameter counts and GFLOPs per module"),
     "infer": Command("pipeline.infer", "defect score per image; heat-map PNGs with --out"),
-    "export": Command("pipeline.export", "ONNX of the inference graph (fp32/fp16), checked with onnxruntime"),
-    "deploy": Command("pipeline.deploy", "fill a Triton model repository from a checkpoint (py or trt target)"),
-    "serve": Command("pipeline.triton_server", "run a local Triton Inference Server on a model repository"),
+    "export": Command("pipeline.deploy.export", "ONNX of the inference graph (fp32/fp16), checked with onnxruntime"),
+    "deploy": Command("pipeline.deploy.deploy", "fill a Triton model repository from a checkpoint (py or trt target)"),
+    "serve": Command("pipeline.deploy.triton_server", "run a local Triton Inference Server on a model repository"),
     "synth": Command("training.data.synthetic", "write the synthetic defect dataset (MVTec layout, PNG)"),
     "train": Command("training.cli", "train a preset in a supervision regime; evaluate; store alarm thresholds"),
     "eval": Command("training.eval_cli", "paper metrics, report and (optionally) thresholds for a checkpoint"),

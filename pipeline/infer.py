@@ -49,8 +49,8 @@ def run_infer(args) -> int:
     from pipeline.images import ImageReadError
     from pipeline.images import load_image
     from pipeline.images import save_heatmap
-    from pipeline.serving import Thresholds
-    from pipeline.serving import inference_module
+    from pipeline.inference import Thresholds
+    from pipeline.inference import inference_module
 
     # map_sigmoid: heat maps and map_max as probabilities
     model, metadata = load_checkpoint(

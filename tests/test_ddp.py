@@ -5,9 +5,10 @@ only float summation order differs (gradient all-reduce, batch-norm statistics a
 bit-identical weights. Tolerance, after 4 AdamW steps: for every tensor with a non-zero gradient,
 ||w_ddp - w_single|| <= 3e-3 * ||w_single - w_init|| (measured: <= 5e-4 on an AMD EPYC, 1.02e-3 on an Intel Xeon, both
 for the cls conv weight, which feeds a batch norm; the largest relative gaps are elements whose gradient is near 0,
-where Adam's g / sqrt(v) amplifies rounding). A sharding or averaging bug moves weights by O(1) of their step. The biases of the first seg conv and of the cls
-conv feed a batch norm, so their gradient is analytically zero (so is the adaptor bias's in the JIMS head): Adam
-turns rounding-level gradients into steps of up to lr in both runs, so they are only checked against that bound.
+where Adam's g / sqrt(v) amplifies rounding). A sharding or averaging bug moves weights by O(1) of their step.
+The biases of the first seg conv and of the cls conv feed a batch norm, so their gradient is analytically zero (so is
+the adaptor bias's in the JIMS head): Adam turns rounding-level gradients into steps of up to lr in both runs, so they
+are only checked against that bound.
 Step losses agree to 1e-5. (tiny preset: ICPR head.)
 """
 

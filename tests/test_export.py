@@ -1,4 +1,4 @@
-"""ONNX export vs PyTorch through onnxruntime (tolerances: pipeline/export.py TOLERANCES), CLI and graph forms."""
+"""ONNX export vs PyTorch through onnxruntime (tolerances: pipeline/deploy/export.py TOLERANCES), CLI, graph forms."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from conftest import TINY
 from conftest import make_model
 
 from pipeline.checkpoint import save_checkpoint
-from pipeline.export import ExportGraph
-from pipeline.export import export_onnx
-from pipeline.export import onnx_metadata
-from pipeline.export import onnx_parity
-from pipeline.serving import DEFAULT_IMPL
-from pipeline.serving import anomaly_map_from_logits
+from pipeline.deploy.export import ExportGraph
+from pipeline.deploy.export import export_onnx
+from pipeline.deploy.export import onnx_metadata
+from pipeline.deploy.export import onnx_parity
+from pipeline.deploy.serving import anomaly_map_from_logits
+from pipeline.inference import DEFAULT_IMPL
 
 SSN = str(Path(sys.executable).parent / "ssn")
 
@@ -97,7 +97,7 @@ def test_export_refuses_logit_maps():
 def test_folded_graphs_export(tmp_path):
     """The folded module (pipeline/folded.py) through both graphs; runs once that branch is merged."""
     pytest.importorskip("pipeline.folded", reason="pipeline/folded.py is not merged into this branch yet")
-    from pipeline.serving import inference_module
+    from pipeline.inference import inference_module
 
     folded = inference_module(make_model(map_sigmoid=True), "folded")
     for graph in ("full", "split"):

@@ -19,12 +19,12 @@ from frame_samples import undecodable_jpeg
 from frame_samples import valid_frames
 from PIL import Image
 
+from pipeline.deploy.preprocess import DaliPreprocessor
+from pipeline.deploy.preprocess import main as preprocess_main
+from pipeline.deploy.preprocess import serialize_pipeline
 from pipeline.frames import FrameError
 from pipeline.frames import check_frame
 from pipeline.images import to_model_input
-from pipeline.preprocess import DaliPreprocessor
-from pipeline.preprocess import main as preprocess_main
-from pipeline.preprocess import serialize_pipeline
 
 # one 8-bit level in normalized units is 1 / (255 * std). JPEG decoders (libjpeg-turbo in DALI, Pillow's libjpeg)
 # may differ by a couple of levels on some pixels; the 8-bit rounding after the resize differs by one level on

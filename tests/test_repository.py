@@ -13,12 +13,12 @@ from conftest import make_model
 from tritonclient.grpc import model_config_pb2 as mc
 
 from pipeline import protocol
-from pipeline import repository as repo
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import ModelConfig
-from pipeline.deploy import DeployOptions
-from pipeline.deploy import deploy
-from pipeline.trt_engine import engine_problems
+from pipeline.deploy import repository as repo
+from pipeline.deploy.deploy import DeployOptions
+from pipeline.deploy.deploy import deploy
+from pipeline.deploy.trt_engine import engine_problems
 
 SSN = str(Path(sys.executable).parent / "ssn")
 CONFIG = ModelConfig(backbone="resnet18", image_size=(96, 64))
@@ -50,7 +50,7 @@ def trt_repository(tmp_path_factory):
     checkpoint = save_checkpoint(make_model(CONFIG), tmp / "ck.safetensors", "random", thresholds={"image": 0.7})
     options = DeployOptions(target="trt", max_batch_size=8, map_stride=2, build_engine=False)
     notes = deploy(checkpoint, tmp / "repo", options)
-    assert "engine not built" in notes[0] and "python -m pipeline.trt_engine" in notes[0]
+    assert "engine not built" in notes[0] and "python -m pipeline.deploy.trt_engine" in notes[0]
     return tmp / "repo"
 
 
@@ -152,8 +152,8 @@ def test_serve_refuses_what_the_bundled_server_cannot_load(trt_repository):
 def test_missing_tensorrt_is_explained():
     import importlib.util
 
-    from pipeline.trt_engine import EngineError
-    from pipeline.trt_engine import import_tensorrt
+    from pipeline.deploy.trt_engine import EngineError
+    from pipeline.deploy.trt_engine import import_tensorrt
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is installed here: tests/test_trt_engine.py builds real engines")
@@ -162,8 +162,8 @@ def test_missing_tensorrt_is_explained():
 
 
 def test_verify_command_on_this_host(trt_repository, capsys):
-    """`python -m pipeline.trt_engine verify` (run in the serving container) on a host without TensorRT/GPU."""
-    from pipeline.trt_engine import main
+    """`python -m pipeline.deploy.trt_engine verify` (run in the serving container) on a host without TensorRT/GPU."""
+    from pipeline.deploy.trt_engine import main
 
     plan = _fake_engine(trt_repository, **HOST)
     try:

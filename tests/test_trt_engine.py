@@ -21,9 +21,9 @@ pytestmark = [
 from conftest import TINY  # noqa: E402
 from conftest import make_model  # noqa: E402
 
-from pipeline import trt_engine  # noqa: E402
-from pipeline.export import ExportGraph  # noqa: E402
-from pipeline.export import export_onnx  # noqa: E402
+from pipeline.deploy import trt_engine  # noqa: E402
+from pipeline.deploy.export import ExportGraph  # noqa: E402
+from pipeline.deploy.export import export_onnx  # noqa: E402
 
 
 def _run_engine(plan: bytes, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ PROVIDERS = ("eager", "folded")
 
 def inference_module(model: SuperSimpleNet, provider: str = "eager") -> torch.nn.Module:
     """An inference module (forward(images) -> Prediction) for `model`, with probability maps."""
-    from pipeline.serving import inference_module as serving_module
+    from pipeline.inference import inference_module as serving_module
 
     if provider not in PROVIDERS:
         raise ValueError(f"provider {provider!r} is unknown; accepted: {', '.join(PROVIDERS)}")

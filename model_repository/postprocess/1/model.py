@@ -3,7 +3,7 @@
 Gets the TensorRT engine's outputs (score_logit [n, 1], seg_logits [n, 1, fh, fw]); with
 FORCE_CPU_ONLY_INPUT_TENSORS=no they stay on the GPU and arrive here through DLPack without a copy. Runs the
 anomaly-map op (upsample + Gaussian blur + sigmoid; `map_impl` picks its formulation in kernels/), the sigmoid of
-the score, the thresholds and the map stride: `pipeline.serving.anomaly_map_from_logits` and `finish_frame`, the
+the score, the thresholds and the map stride: `pipeline.deploy.serving.anomaly_map_from_logits` and `finish_frame`, the
 same code the portable `supersimplenet_py` model runs. One response per request, in order.
 """
 
@@ -19,14 +19,14 @@ from torch.utils.dlpack import from_dlpack
 
 from pipeline import protocol
 from pipeline.config import ModelConfig
-from pipeline.serving import Thresholds
-from pipeline.serving import anomaly_map_from_logits
-from pipeline.serving import finish_frame
-from pipeline.triton_io import error_response
-from pipeline.triton_io import instance_device
-from pipeline.triton_io import model_parameters
-from pipeline.triton_io import outputs_response
-from pipeline.triton_io import request_map_stride
+from pipeline.deploy.serving import anomaly_map_from_logits
+from pipeline.deploy.serving import finish_frame
+from pipeline.deploy.triton_io import error_response
+from pipeline.deploy.triton_io import instance_device
+from pipeline.deploy.triton_io import model_parameters
+from pipeline.deploy.triton_io import outputs_response
+from pipeline.deploy.triton_io import request_map_stride
+from pipeline.inference import Thresholds
 
 
 def _tensor(request, name: str, device: str) -> torch.Tensor:

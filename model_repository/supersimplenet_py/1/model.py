@@ -1,6 +1,6 @@
 """Triton python-backend model `supersimplenet_py`: encoded frames in, score / label / anomaly map out.
 
-A thin adapter: the work is `pipeline.serving.Predictor` (DALI decode, the inference module, thresholds), the
+A thin adapter: the work is `pipeline.deploy.serving.Predictor` (DALI decode, the inference module, thresholds), the
 same object the tests and bench/serve.py run in-process. Contract of the python backend: `execute` gets the
 requests the dynamic batcher merged and returns exactly one response per request, in order. Each request holds
 one or more frames (input IMAGE, [n, nbytes]); a request with a bad frame gets an error response naming the frame
@@ -22,14 +22,14 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from pipeline import protocol
-from pipeline.serving import Predictor
-from pipeline.serving import Thresholds
-from pipeline.serving import load_inference_module
-from pipeline.triton_io import error_response
-from pipeline.triton_io import instance_device
-from pipeline.triton_io import model_parameters
-from pipeline.triton_io import outputs_response
-from pipeline.triton_io import request_map_stride
+from pipeline.deploy.serving import Predictor
+from pipeline.deploy.triton_io import error_response
+from pipeline.deploy.triton_io import instance_device
+from pipeline.deploy.triton_io import model_parameters
+from pipeline.deploy.triton_io import outputs_response
+from pipeline.deploy.triton_io import request_map_stride
+from pipeline.inference import Thresholds
+from pipeline.inference import load_inference_module
 
 
 class TritonPythonModel:

@@ -16,9 +16,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import repository as repo
-from pipeline.repository import RepositoryError
-from pipeline.serving import DEFAULT_IMPL
+from pipeline.deploy import repository as repo
+from pipeline.deploy.repository import RepositoryError
+from pipeline.inference import DEFAULT_IMPL
 
 TARGETS = {"py": ("supersimplenet_py",), "trt": ("preprocess", "supersimplenet_trt", "postprocess", "supersimplenet")}
 
@@ -65,7 +65,7 @@ def _instances(config, kind: str, count: int) -> None:
 
 
 def _thresholds(metadata: dict[str, str], options: DeployOptions):
-    from pipeline.serving import Thresholds
+    from pipeline.inference import Thresholds
 
     found = Thresholds.from_metadata(metadata)
     image = options.image_threshold if options.image_threshold is not None else found.image
@@ -104,9 +104,9 @@ def deploy_py(checkpoint: Path, out: Path, model_config, metadata, options: Depl
 
 
 def deploy_trt(checkpoint: Path, out: Path, model_config, metadata, options: DeployOptions) -> list[str]:
-    from pipeline.export import export_onnx
-    from pipeline.preprocess import serialize_pipeline
-    from pipeline.serving import load_inference_module
+    from pipeline.deploy.export import export_onnx
+    from pipeline.deploy.preprocess import serialize_pipeline
+    from pipeline.inference import load_inference_module
 
     notes = []
     height, width = model_config.image_size
@@ -165,9 +165,9 @@ def deploy_postprocess(out: Path, model_config, thresholds, options: DeployOptio
 
 
 def _engine(onnx_path: Path, options: DeployOptions) -> str:
-    from pipeline import trt_engine
+    from pipeline.deploy import trt_engine
 
-    command = f"python -m pipeline.trt_engine build {onnx_path} --max-batch {options.max_batch_size}"
+    command = f"python -m pipeline.deploy.trt_engine build {onnx_path} --max-batch {options.max_batch_size}"
     if not options.build_engine:
         return f"engine not built (--no-engine); on the serving GPU, in the TensorRT container: {command}"
     try:
@@ -217,7 +217,7 @@ INT_FLAGS = {
 
 
 def configure_deploy(parser) -> None:
-    from pipeline.serving import INFERENCE_IMPLS
+    from pipeline.inference import INFERENCE_IMPLS
 
     defaults = DeployOptions()
     parser.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint written by this project")

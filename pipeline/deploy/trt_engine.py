@@ -5,8 +5,8 @@ An engine runs only on the TensorRT version that built it and on GPUs of the com
 compute capability, optimization profile, ONNX digest), and `engine_problems` compares that with the host before a
 repository is served. No torch here: this module also runs alone inside the NGC TensorRT container:
 
-    python -m pipeline.trt_engine build repo/supersimplenet_trt/1/model.onnx --max-batch 16
-    python -m pipeline.trt_engine verify repo/supersimplenet_trt/1/model.plan
+    python -m pipeline.deploy.trt_engine build repo/supersimplenet_trt/1/model.onnx --max-batch 16
+    python -m pipeline.deploy.trt_engine verify repo/supersimplenet_trt/1/model.plan
 
 TensorRT 10: the network is created STRONGLY_TYPED (layer precisions follow the ONNX types). TensorRT 11 removed
 weak typing altogether (no BuilderFlag.FP16): every network is strongly typed. In both, FP16 comes from the ONNX
@@ -111,7 +111,9 @@ def read_metadata(plan: str | Path) -> dict:
     plan = Path(plan)
     meta = plan.with_name(plan.name + METADATA_SUFFIX)
     if not meta.is_file():
-        raise EngineError(f"engine {str(plan)!r} has no metadata file {meta.name}: rebuild it with pipeline.trt_engine")
+        raise EngineError(
+            f"engine {str(plan)!r} has no metadata file {meta.name}: rebuild it with pipeline.deploy.trt_engine"
+        )
     return json.loads(meta.read_text())
 
 

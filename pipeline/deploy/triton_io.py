@@ -10,7 +10,7 @@ import json
 import numpy as np
 
 from pipeline import protocol
-from pipeline.serving import FrameOutput
+from pipeline.deploy.serving import FrameOutput
 
 
 def model_parameters(args: dict) -> tuple[dict, dict[str, str]]:

@@ -141,8 +141,8 @@ def onnx_parity(path: str | Path, module: nn.Module, batch: int = 3, seed: int =
 
 
 def configure_export(parser) -> None:
-    from pipeline.serving import DEFAULT_IMPL
-    from pipeline.serving import INFERENCE_IMPLS
+    from pipeline.inference import DEFAULT_IMPL
+    from pipeline.inference import INFERENCE_IMPLS
 
     parser.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint written by this project")
     parser.add_argument("--out", required=True, help="the .onnx file to write")
@@ -154,7 +154,7 @@ def configure_export(parser) -> None:
 
 
 def run_export(args) -> int:
-    from pipeline.serving import load_inference_module
+    from pipeline.inference import load_inference_module
 
     if args.max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1, got {args.max_batch}")

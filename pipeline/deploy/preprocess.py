@@ -86,7 +86,7 @@ def build_pipeline(
 
 def serialize_pipeline(config: ModelConfig, path: str | Path, max_batch_size: int, device: str = "gpu") -> Path:
     """Write `model.dali` for Triton's DALI backend (GPU decode by default), and `pipeline.json` beside its
-    version folder so `python -m pipeline.preprocess MODEL_DIR` can redo it with another DALI version."""
+    version folder so `python -m pipeline.deploy.preprocess MODEL_DIR` can redo it with another DALI version."""
     import nvidia.dali
 
     path = Path(path)
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     DALI version of the serving container's dali backend; no torch needed)."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: python -m pipeline.preprocess MODEL_DIR   (e.g. repo/preprocess)", file=sys.stderr)
+        print("usage: python -m pipeline.deploy.preprocess MODEL_DIR   (e.g. repo/preprocess)", file=sys.stderr)
         return 2
     model_dir = Path(argv[0])
     recipe = json.loads((model_dir / SPEC_FILE).read_text())

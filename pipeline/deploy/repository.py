@@ -10,7 +10,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "model_repository"
+TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
 
 
 class RepositoryError(ValueError):
@@ -121,7 +121,7 @@ def engine_plans(repository: Path, configs: dict[str, mc.ModelConfig]) -> list[P
 def serving_problems(repository: str | Path, bundled_server: bool, host: dict | None = None) -> tuple[list, list]:
     """(reasons not to start a server on `repository`, warnings): ensemble wiring, engines whose metadata does
     not match `host` (default: this host), backends the bundled server lacks."""
-    from pipeline import trt_engine
+    from pipeline.deploy import trt_engine
 
     repository = Path(repository)
     configs = model_configs(repository)

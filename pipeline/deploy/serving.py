@@ -10,9 +10,7 @@ Thresholds follow the checkpoint contract: `image` on the score probability, `pi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -23,53 +21,9 @@ from pipeline import protocol
 from pipeline.frames import DEFAULT_MAX_PIXELS
 from pipeline.frames import FrameError
 from pipeline.frames import check_frame
-
-INFERENCE_IMPLS = ("reference", "fast-cpu", "folded")
-DEFAULT_IMPL = "folded"  # exact, a third of the arithmetic (pipeline/folded.py)
-
-
-def inference_module(model, impl: str) -> torch.nn.Module:
-    """The module to serve/export for `impl` (BRIEF contract: forward -> Prediction, .config, .map_sigmoid)."""
-    if impl not in INFERENCE_IMPLS:
-        raise ValueError(f"impl={impl!r} is unknown; accepted: {', '.join(INFERENCE_IMPLS)}")
-    if impl == "folded":
-        try:
-            from pipeline.folded import FoldedSSN
-        except ImportError as err:
-            raise ValueError(f"impl='folded' needs pipeline/folded.py, not importable here ({err})") from err
-        return FoldedSSN.from_model(model).eval()
-    model.impl = impl
-    return model.eval()
-
-
-def load_inference_module(checkpoint, impl: str = DEFAULT_IMPL, device: str = "cpu"):
-    """(module with map_sigmoid=True on `device`, checkpoint metadata)."""
-    from pipeline.checkpoint import load_checkpoint
-
-    model, metadata = load_checkpoint(checkpoint, impl="reference", map_sigmoid=True)
-    return inference_module(model.to(device), impl), metadata
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    image: float | None = None  # on the score probability
-    pixel: float | None = None  # on the anomaly-map probability
-
-    @classmethod
-    def from_metadata(cls, metadata: dict[str, str]) -> Thresholds:
-        try:
-            raw = json.loads(metadata.get("thresholds") or "{}")
-        except json.JSONDecodeError as err:
-            raise ValueError(f"checkpoint metadata 'thresholds' is not JSON: {err}") from err
-        return cls(_optional_float(raw.get("image")), _optional_float(raw.get("pixel")))
-
-    @classmethod
-    def from_strings(cls, image: str, pixel: str) -> Thresholds:
-        return cls(_optional_float(image or None), _optional_float(pixel or None))
-
-
-def _optional_float(value) -> float | None:
-    return None if value is None else float(value)
+from pipeline.inference import DEFAULT_IMPL
+from pipeline.inference import Thresholds
+from pipeline.inference import load_inference_module
 
 
 class FrameOutput(NamedTuple):
@@ -113,7 +67,7 @@ class Predictor:
         decode_threads: int = 1,
         torch_threads: int = 0,
     ):
-        from pipeline.preprocess import DaliPreprocessor
+        from pipeline.deploy.preprocess import DaliPreprocessor
 
         if torch_threads > 0:  # per process: on a shared CPU, fewer threads than cores avoid spin-wait contention
             torch.set_num_threads(torch_threads)

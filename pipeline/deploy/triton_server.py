@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_ROOT_ENV = "SSN_PROJECT_ROOT"
 HOST_BINARIES = ("/opt/tritonserver/bin/tritonserver",)
 
@@ -323,7 +323,7 @@ def configure_serve(parser) -> None:
 
 
 def run_serve(args) -> int:
-    from pipeline.repository import serving_problems
+    from pipeline.deploy.repository import serving_problems
 
     ports = Ports(args.http_port, args.grpc_port, args.metrics_port)
     server = TritonProcess(args.model_repository, ports, args.host, args.server_arg, args.log, args.bundled)
