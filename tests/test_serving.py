@@ -35,13 +35,13 @@ from tritonclient.utils import InferenceServerException
 
 from pipeline import protocol
 from pipeline.checkpoint import save_checkpoint
-from pipeline.deploy import DeployOptions
-from pipeline.deploy import deploy_postprocess
-from pipeline.export import split_forward
+from pipeline.deploy.deploy import DeployOptions
+from pipeline.deploy.deploy import deploy_postprocess
+from pipeline.deploy.export import split_forward
+from pipeline.deploy.serving import Predictor
+from pipeline.deploy.triton_server import Ports
 from pipeline.images import load_image
-from pipeline.serving import Predictor
-from pipeline.serving import Thresholds
-from pipeline.triton_server import Ports
+from pipeline.inference import Thresholds
 
 SSN = str(Path(sys.executable).parent / "ssn")
 MODEL = protocol.PYTHON_MODEL
@@ -182,6 +182,17 @@ def _stats(served: Served) -> tuple[int, int]:
     return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
 
+def _settled_stats(served: Served, before: tuple[int, int], inferences: int, timeout: float = 30.0) -> tuple[int, int]:
+    """(inferences, executions) since `before`, polled until `inferences` are counted or the deadline passes: the
+    server counts a request after it has sent the response, so a read right after the last response can miss it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        delta = tuple(a - b for a, b in zip(_stats(served), before))
+        if delta[0] >= inferences or time.monotonic() > deadline:
+            return delta
+        time.sleep(0.05)
+
+
 def test_concurrent_requests_are_merged_by_dynamic_batching(served, predictor):
     frames = [encode(scene(60 + 7 * i, 90, seed=20 + i)) for i in range(MAX_BATCH)]
     expected = predictor.predict(frames)
@@ -192,7 +203,7 @@ def test_concurrent_requests_are_merged_by_dynamic_batching(served, predictor):
             MODEL, _inputs(data), lambda result, error, i=i: done.put((i, result, error)), request_id=str(i)
         )
     results = dict((i, (r, e)) for i, r, e in (done.get(timeout=120) for _ in frames))
-    inferences, executions = (a - b for a, b in zip(_stats(served), before))
+    inferences, executions = _settled_stats(served, before, MAX_BATCH)
     for i, (result, error) in results.items():
         assert error is None, error
         assert result.get_response().id == str(i)
