@@ -2,8 +2,9 @@
 
 An engine runs only on the TensorRT version that built it and on GPUs of the compute capability it was built for
 (deployment.md §4.3), so `build_engine` writes `model.plan.json` beside the plan (TensorRT version, GPU name,
-compute capability, optimization profile, ONNX digest), and `engine_problems` compares that with the host before a
-repository is served. No torch here: this module also runs alone inside the NGC TensorRT container:
+compute capability, optimization profile, ONNX digest, timing-cache notes), and `engine_problems` compares that
+with the host (pipeline/deploy/gpu_host.py: the libnvinfer version, every visible GPU) before a repository is
+served. No torch here: this module also runs alone inside the NGC TensorRT container:
 
     python -m pipeline.deploy.trt_engine build repo/supersimplenet_trt/1/model.onnx --max-batch 16
     python -m pipeline.deploy.trt_engine verify repo/supersimplenet_trt/1/model.plan
