@@ -160,17 +160,18 @@ def test_ensemble_equals_the_model(ensemble):
 
 
 def test_bad_frame_in_a_merged_batch_fails_alone(ensemble):
-    """The preprocess step gets the four requests as one batch; the two bad frames fail, the others are scored."""
+    """Good and bad frames alternate, so any merge of these requests puts a bad frame in a batch with a good one
+    (server statistics: fewer preprocess executions than requests); the bad frames fail, the others are scored."""
     good = [encode(scene(70, 90, seed=60)), valid_frames()["png"]]
     expected = ensemble.predictor.predict(good)
-    sent = [good[0], truncated_jpeg(), undecodable_jpeg(), good[1]]
+    sent = [good[0], truncated_jpeg(), good[1], undecodable_jpeg()]
     before = _executions(ensemble, "preprocess")
     results = _send_together(ensemble, sent)
     inferences, executions = _settled(ensemble, "preprocess", before, len(sent))
     assert inferences == len(sent) and executions < len(sent), f"{len(sent)} requests ran in {executions} batches"
     assert results[1][0] is None and "frame 0 of 1 in request: truncated JPEG" in str(results[1][1])
-    assert results[2][0] is None and "could not decode the image" in str(results[2][1])
-    for i, want in ((0, expected[0]), (3, expected[1])):
+    assert results[3][0] is None and "could not decode the image" in str(results[3][1])
+    for i, want in ((0, expected[0]), (2, expected[1])):
         assert results[i][1] is None, results[i][1]
         _assert_equal_to_model(results[i][0], want, ensemble.tol)
 
