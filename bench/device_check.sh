@@ -53,9 +53,21 @@ check dali-mixed-decode "pytest torch torchvision nvidia.dali cuda" \
     "$PY" -m pytest -q -m gpu tests/test_preprocess.py  # DALI "mixed" (nvJPEG) decode == CPU decode
 check tensorrt-engine "pytest torch torchvision onnx onnxscript onnxruntime tensorrt cuda" \
     "$PY" -m pytest -q tests/test_trt_engine.py  # TensorRT 10/11 engine from the ONNX == PyTorch; metadata
-check serve-gpu "torch torchvision nvidia.dali pytriton tritonclient.grpc safetensors cuda" \
+check serve-gpu "torch torchvision nvidia.dali pytriton|tritonserver tritonclient.grpc safetensors cuda" \
     "$PY" bench/serve.py --preset mvtec --device gpu --concurrency 1 4 16 64 --max-batch 64 --seconds 10 \
     --json "$out/serve_mvtec_gpu.json"  # supersimplenet_py on KIND_GPU vs in-process
+# engine metadata names the GPU CUDA shows as device 0 (CUDA_VISIBLE_DEVICES respected) and reads the TensorRT
+# version from libnvinfer itself (pipeline/deploy/gpu_host.py)
+check host-description "torch cuda" "$PY" -c "import torch; from pipeline.deploy import gpu_host as g; \
+gpus = g.visible_gpus(); n = torch.cuda.device_count(); print(gpus); assert len(gpus) == n, (gpus, n); \
+assert all(gpus[i] == (torch.cuda.get_device_name(i), '%d.%d' % torch.cuda.get_device_capability(i)) \
+for i in range(n)), gpus"
+check tensorrt-library-version "tensorrt" "$PY" -c "import tensorrt; from pipeline.deploy import gpu_host as g; \
+v = g.tensorrt_library_version(); print(v, tensorrt.__version__); assert v == tensorrt.__version__"
+# the served ensemble in the NGC tritonserver image (+ this package, pip tensorrt of the image's version): engine
+# built here, python preprocess step with DALI "mixed" decode, results = PyTorch, a bad frame fails alone
+check ensemble-gpu "pytest torch torchvision onnx onnxscript safetensors tensorrt nvidia.dali tritonclient.grpc \
+    tritonserver cuda" "$PY" -m pytest -q -m gpu tests/test_ensemble.py
 # training (bench/train.py): per-stage img/s for tiny and mvtec, bf16 autocast, uncached vs feature cache
 check train-cuda-bf16 "torch torchvision safetensors tqdm scipy sklearn cuda" "$PY" bench/train.py \
     --presets tiny mvtec --device cuda --batch 32 --precision bf16 --json "$out/train_cuda_bf16.json"

@@ -14,10 +14,11 @@ Both served entry points, the ensemble `supersimplenet` (DALI -> TensorRT -> pos
 
 Request parameter `map_stride` (int; default: the model's `map_stride` config parameter, itself 1 unless set by
 `ssn deploy --map-stride`): 1 = full resolution; k > 1 = the max over each k x k block (ceil), so a defect above
-the pixel threshold stays above it; 0 = empty ANOMALY_MAP and MASK. Asking only for SCORE/LABEL
-(`outputs=[...]`) also skips computing them. Through the ensemble, request parameters reach the steps on Triton
->= 23.10 (core PR #261). Request ids are echoed; the models are not decoupled, so a gRPC stream returns responses
-in request order.
+the pixel threshold stays above it; 0 = empty ANOMALY_MAP and MASK, and no map work. On `supersimplenet_py`,
+asking only for SCORE/LABEL (`outputs=[...]`) also skips computing them; the ensemble asks its steps for every
+output whatever the client requested (core `src/ensemble_scheduler/ensemble_scheduler.cc`), so there map_stride 0 is
+what skips the map op. Through the ensemble, request parameters reach the steps on Triton >= 23.10 (core PR #261).
+Request ids are echoed; the models are not decoupled, so a gRPC stream returns responses in request order.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""DALI preprocessing vs pipeline/images.py, frame header checks, bad-frame isolation, serialization."""
+"""DALI preprocessing vs pipeline/images.py, frame header checks, bad-frame isolation."""
 
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import pytest
@@ -20,8 +19,6 @@ from frame_samples import valid_frames
 from PIL import Image
 
 from pipeline.deploy.preprocess import DaliPreprocessor
-from pipeline.deploy.preprocess import main as preprocess_main
-from pipeline.deploy.preprocess import serialize_pipeline
 from pipeline.frames import FrameError
 from pipeline.frames import check_frame
 from pipeline.images import to_model_input
@@ -103,26 +100,6 @@ def test_check_frame_refuses(data, message):
 def test_pixel_limit_is_configurable():
     with pytest.raises(FrameError, match="over the limit of 0.0 MP"):
         check_frame(encode(scene(100, 100)), max_pixels=5000)
-
-
-def test_serialized_pipelines(tmp_path, decoder):
-    """The CPU variant round-trips through model.dali with the same output; the GPU one decodes 'mixed'."""
-    from nvidia.dali import Pipeline
-
-    path = serialize_pipeline(TINY, tmp_path / "cpu.dali", max_batch_size=4, device="cpu")
-    pipe = Pipeline.deserialize(filename=str(path), device_id=None, exec_async=False, exec_pipelined=False)
-    pipe.build()
-    frame = np.frombuffer(valid_frames()["rgb_jpeg"], np.uint8)
-    pipe.feed_input("IMAGE", [frame])
-    (out,) = pipe.run()
-    expected, _ = decoder([frame])
-    assert torch.equal(torch.from_numpy(np.array(out.as_tensor())), expected)
-    gpu = serialize_pipeline(TINY, tmp_path / "preprocess" / "1" / "model.dali", max_batch_size=4)
-    assert b"mixed" in gpu.read_bytes() and b"decoders__Image" in gpu.read_bytes() and b"IMAGE" in gpu.read_bytes()
-    # re-serialized from its recipe (what to run with the serving container's DALI version)
-    gpu.unlink()
-    assert preprocess_main([str(tmp_path / "preprocess")]) == 0 and b"mixed" in gpu.read_bytes()
-    assert json.loads((tmp_path / "preprocess" / "pipeline.json").read_text())["max_batch_size"] == 4
 
 
 @pytest.mark.gpu

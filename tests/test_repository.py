@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from pipeline import protocol
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import ModelConfig
 from pipeline.deploy import repository as repo
+from pipeline.deploy import triton_release
 from pipeline.deploy.deploy import DeployOptions
 from pipeline.deploy.deploy import deploy
 from pipeline.deploy.trt_engine import engine_problems
@@ -45,10 +47,10 @@ def test_templates_parse_and_line_up():
 
 @pytest.fixture(scope="module")
 def trt_repository(tmp_path_factory):
-    """`--target trt` without building the engine (no TensorRT here): ONNX, model.dali and the four configs."""
+    """`--target trt` without building the engine (no TensorRT here): the ONNX and the four configs."""
     tmp = tmp_path_factory.mktemp("trt")
     checkpoint = save_checkpoint(make_model(CONFIG), tmp / "ck.safetensors", "random", thresholds={"image": 0.7})
-    options = DeployOptions(target="trt", max_batch_size=8, map_stride=2, build_engine=False)
+    options = DeployOptions(target="trt", max_batch_size=8, map_stride=2, build_engine=False, triton_release="25.11")
     notes = deploy(checkpoint, tmp / "repo", options)
     assert "engine not built" in notes[0] and "python -m pipeline.deploy.trt_engine" in notes[0]
     return tmp / "repo"
@@ -60,6 +62,8 @@ def test_deploy_trt_fills_values_from_checkpoint(trt_repository):
     assert {c.max_batch_size for c in configs.values()} == {8}
     fh, fw = CONFIG.feature_size
     assert list(repo.tensor(configs["preprocess"], "IMAGES", "output").dims) == [3, 96, 64]
+    assert repo.parameters(configs["preprocess"])["image_size"] == "96,64"
+    assert repo.parameters(configs["preprocess"])["std"] == ",".join(str(s) for s in CONFIG.std)
     assert list(repo.tensor(configs["supersimplenet_trt"], "images", "input").dims) == [3, 96, 64]
     assert list(repo.tensor(configs["supersimplenet_trt"], "seg_logits", "output").dims) == [1, fh, fw]
     assert [g.batch_size for g in configs["supersimplenet_trt"].optimization.cuda.graph_spec] == [1, 2, 4, 8]
@@ -67,7 +71,8 @@ def test_deploy_trt_fills_values_from_checkpoint(trt_repository):
     params = repo.parameters(configs["postprocess"])
     assert params["image_size"] == "96,64" and params["image_threshold"] == "0.7" and params["pixel_threshold"] == ""
     assert params["map_stride"] == "2" and params["FORCE_CPU_ONLY_INPUT_TENSORS"] == "no"
-    assert (trt_repository / "preprocess" / "1" / "model.dali").stat().st_size > 0
+    assert (trt_repository / "preprocess" / "1" / "model.py").is_file()
+    assert configs["supersimplenet"].ensemble_scheduling.max_inflight_requests == 4 * 8  # release 25.11
     assert (trt_repository / "supersimplenet_trt" / "1" / "model.onnx").stat().st_size > 0
     assert (trt_repository / "postprocess" / "1" / "model.py").is_file()
     assert (trt_repository / "supersimplenet" / "1").is_dir()
@@ -88,7 +93,7 @@ def test_ensemble_mismatches_are_named(trt_repository):
 def test_deploy_refuses_to_overwrite(trt_repository, tmp_path):
     checkpoint = save_checkpoint(make_model(CONFIG), tmp_path / "ck.safetensors", "random")
     with pytest.raises(repo.RepositoryError, match="already exists: choose another --out or pass --force"):
-        deploy(checkpoint, trt_repository, DeployOptions(target="trt", build_engine=False))
+        deploy(checkpoint, trt_repository, DeployOptions(target="trt", build_engine=False, triton_release="26.01"))
 
 
 def _fake_engine(repository: Path, **metadata) -> Path:
@@ -145,8 +150,10 @@ def test_serve_refuses_what_the_bundled_server_cannot_load(trt_repository):
         timeout=120,
     )
     assert out.returncode == 2
-    assert "model 'preprocess' needs the 'dali' backend" in out.stderr and "--target py" in out.stderr
-    assert "model 'supersimplenet_trt' needs the 'tensorrt_plan' backend" in out.stderr
+    assert "model 'supersimplenet_trt' needs the 'tensorrt_plan' backend" in out.stderr and "--target py" in out.stderr
+    assert "model 'preprocess'" not in out.stderr  # a python step: the bundled server can run it
+    # the bundled server is release 24.10: the ensemble's backpressure field is refused before starting it
+    assert "sets ensemble_scheduling.max_inflight_requests, which tritonserver 24.10 cannot parse" in out.stderr
 
 
 def test_missing_tensorrt_is_explained():
@@ -172,3 +179,35 @@ def test_verify_command_on_this_host(trt_repository, capsys):
         plan.unlink()
     out = capsys.readouterr().out
     assert "refused: cannot tell this host's TensorRT version" in out and "refused: no GPU found" in out
+
+
+def test_deployed_repository_carries_no_machine_path(trt_repository):
+    """`--target trt --no-engine` output can be copied to the serving host: no path of this checkout, its
+    environment or the checkpoint's folder in any file (the ONNX exporter's stack traces held them)."""
+    machine_paths = {str(repo.TEMPLATES.parent), sys.prefix, str(trt_repository.parent)}
+    for path in sorted(p for p in trt_repository.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        assert not [m for m in machine_paths if m.encode() in data], path.relative_to(trt_repository)
+
+
+def test_triton_release_is_checked(trt_repository, tmp_path, monkeypatch):
+    monkeypatch.delenv(triton_release.RELEASE_ENV, raising=False)
+    checkpoint = save_checkpoint(make_model(CONFIG), tmp_path / "ck.safetensors", "random")
+    options = DeployOptions(target="trt", build_engine=False)
+    with pytest.raises(triton_release.ReleaseError, match="--triton-release YY.MM is required for --target trt"):
+        deploy(checkpoint, tmp_path / "repo", options)
+    with pytest.raises(triton_release.ReleaseError, match="24.10 is older than the minimum 24.11"):
+        deploy(checkpoint, tmp_path / "repo", replace(options, triton_release="24.10"))
+    with pytest.raises(triton_release.ReleaseError, match="'25.1' is not an NGC release: use YY.MM"):
+        deploy(checkpoint, tmp_path / "repo", replace(options, triton_release="25.1"))
+    monkeypatch.setenv(triton_release.RELEASE_ENV, "25.02")  # inside an NGC tritonserver image
+    assert triton_release.deploy_release(None) == "25.02"
+    assert not triton_release.allows_max_inflight_requests("25.10")
+    assert triton_release.allows_max_inflight_requests("25.11")
+    # a repository written for 25.11 is refused for an older server, with what to do
+    problems, _ = repo.serving_problems(trt_repository, bundled_server=False, host=HOST, release="25.10")
+    assert problems == [
+        "model 'supersimplenet' sets ensemble_scheduling.max_inflight_requests, which tritonserver 25.10 cannot "
+        "parse (added in 25.11): redeploy with --triton-release 25.10"
+    ]
+    assert repo.serving_problems(trt_repository, bundled_server=False, host=HOST, release="26.01")[0] == []

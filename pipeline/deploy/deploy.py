@@ -1,11 +1,13 @@
 """`ssn deploy`: fill a Triton model repository from a checkpoint and the templates in `model_repository/`.
 
     --target py   supersimplenet_py: the checkpoint + the python adapter (CPU or GPU; any tritonserver)
-    --target trt  the ensemble supersimplenet = preprocess (DALI, model.dali) -> supersimplenet_trt (ONNX, and the
-                  TensorRT plan when `tensorrt` imports here) -> postprocess (python)
+    --target trt  the ensemble supersimplenet = preprocess (python: header checks + DALI GPU decode) ->
+                  supersimplenet_trt (ONNX, and the TensorRT plan when `tensorrt` imports here) -> postprocess
+                  (python), for one NGC tritonserver release (--triton-release; pipeline/deploy/triton_release.py)
 
 Values taken from the checkpoint: image size (dims, DALI resize), normalization, sigma, thresholds (metadata
-`thresholds`, overridable by flags); from the flags: batch sizes, queue delay, instances, map stride, impl.
+`thresholds`, overridable by flags); from the flags: batch sizes, queue delay, instances, map stride, impl, and the
+server release (config fields it cannot parse are left out). The files carry no path of this machine.
 Each config.pbtxt is the template parsed into tritonclient's protobuf ModelConfig, edited field by field and
 written back, then the whole repository is checked (ensemble wiring).
 """
@@ -36,6 +38,7 @@ class DeployOptions:
     max_image_pixels: int = 64_000_000
     dtype: str = "fp32"  # trt target: compute dtype of the ONNX/engine (I/O stays fp32)
     build_engine: bool = True  # trt target: build model.plan when tensorrt imports
+    triton_release: str | None = None  # trt target: NGC release YY.MM serving it (None: this NGC image's)
     image_threshold: float | None = None  # None: from the checkpoint
     pixel_threshold: float | None = None
     force: bool = False
@@ -104,19 +107,26 @@ def deploy_py(checkpoint: Path, out: Path, model_config, metadata, options: Depl
 
 
 def deploy_trt(checkpoint: Path, out: Path, model_config, metadata, options: DeployOptions) -> list[str]:
+    from pipeline.deploy import triton_release
     from pipeline.deploy.export import export_onnx
-    from pipeline.deploy.preprocess import serialize_pipeline
     from pipeline.inference import load_inference_module
 
+    release = triton_release.deploy_release(options.triton_release)
     notes = []
     height, width = model_config.image_size
     fh, fw = model_config.feature_size
     delay = min(options.queue_delay_us, 500)  # GPU steps: short queues (deployment.md §0.6)
 
     target, config = _copy_template("preprocess", out, options.force)
-    serialize_pipeline(model_config, target / "1" / "model.dali", options.max_batch_size, device="gpu")
     _batching(config, options, delay)
     repo.tensor(config, "IMAGES", "output").dims[:] = [3, height, width]
+    for key, value in {
+        "image_size": f"{height},{width}",
+        "mean": ",".join(str(m) for m in model_config.mean),
+        "std": ",".join(str(s) for s in model_config.std),
+        "max_image_pixels": options.max_image_pixels,
+    }.items():
+        repo.set_parameter(config, key, value)
     repo.save_config(config, target / "config.pbtxt")
 
     target, config = _copy_template("supersimplenet_trt", out, options.force)
@@ -142,7 +152,14 @@ def deploy_trt(checkpoint: Path, out: Path, model_config, metadata, options: Dep
 
     target, config = _copy_template("supersimplenet", out, options.force)
     config.max_batch_size = options.max_batch_size
-    config.ensemble_scheduling.max_inflight_requests = 4 * options.max_batch_size
+    if triton_release.allows_max_inflight_requests(release):
+        config.ensemble_scheduling.max_inflight_requests = 4 * options.max_batch_size
+    else:
+        config.ensemble_scheduling.ClearField("max_inflight_requests")
+        notes.append(
+            f"tritonserver {release}: no ensemble backpressure (max_inflight_requests needs "
+            f"{triton_release.MAX_INFLIGHT_REQUESTS}); intermediate tensors queue without bound under overload"
+        )
     repo.save_config(config, target / "config.pbtxt")
     return notes
 
@@ -174,7 +191,8 @@ def _engine(onnx_path: Path, options: DeployOptions) -> str:
         meta = trt_engine.build_engine(onnx_path, max_batch=options.max_batch_size)
     except trt_engine.EngineError as err:
         return f"engine NOT built: {err}. Then run, on the serving GPU: {command}"
-    return f"engine built: TensorRT {meta['tensorrt']} on {meta['gpu']} (sm {meta['compute_capability']})"
+    cache = "; ".join(meta["timing_cache"])
+    return f"engine built: TensorRT {meta['tensorrt']} on {meta['gpu']} (sm {meta['compute_capability']}); {cache}"
 
 
 def deploy(checkpoint: str | Path, out: str | Path, options: DeployOptions = DeployOptions()) -> list[str]:
@@ -236,6 +254,12 @@ def configure_deploy(parser) -> None:
         "--dtype", default="fp32", choices=["fp32", "fp16"], help="trt target: compute dtype (I/O stays fp32)"
     )
     parser.add_argument("--no-engine", action="store_true", help="trt target: write the ONNX, do not build the plan")
+    parser.add_argument(
+        "--triton-release",
+        metavar="YY.MM",
+        help="trt target: the NGC tritonserver release that serves the repository (minimum 24.11; default: the "
+        "release of the NGC image this runs in)",
+    )
     parser.add_argument("--image-threshold", type=float, help="override the checkpoint's image threshold")
     parser.add_argument("--pixel-threshold", type=float, help="override the checkpoint's pixel threshold")
     parser.add_argument("--force", action="store_true", help="replace model folders that already exist in --out")
@@ -251,6 +275,7 @@ def run_deploy(args) -> int:
         device=args.device,
         dtype=args.dtype,
         build_engine=not args.no_engine,
+        triton_release=args.triton_release,
         image_threshold=args.image_threshold,
         pixel_threshold=args.pixel_threshold,
         force=args.force,

@@ -99,10 +99,31 @@ def export_onnx(
             verbose=False,
         )
     model = program.model_proto
+    _drop_source_locations(model)
     props = {"graph": graph, "dtype": dtype, "max_batch": str(max_batch), "config": module.config.to_json()}
     onnx.helper.set_model_props(model, props | (metadata or {}))
     onnx.save_model(model, str(path))
     return path
+
+
+SOURCE_LOCATION_KEYS = ("pkg.torch.onnx.stack_trace",)  # torch.onnx (dynamo) node metadata: source files + lines
+
+
+def _drop_source_locations(model) -> None:
+    """Remove the exporter's per-node stack traces: they hold absolute paths of the machine that exported."""
+
+    def clean_nodes(nodes) -> None:
+        for node in nodes:
+            keep = [p for p in node.metadata_props if p.key not in SOURCE_LOCATION_KEYS]
+            del node.metadata_props[:]
+            node.metadata_props.extend(keep)
+            for attribute in node.attribute:  # control-flow subgraphs
+                for graph in [attribute.g, *attribute.graphs]:
+                    clean_nodes(graph.node)
+
+    clean_nodes(model.graph.node)
+    for function in model.functions:
+        clean_nodes(function.node)
 
 
 def onnx_metadata(path: str | Path) -> dict[str, str]:

@@ -1,11 +1,11 @@
 """DALI preprocessing: encoded image bytes -> normalized float CHW at the model's size (spec §2.4).
 
-One pipeline definition serves two uses:
-- in-process, by the python serving model (`DaliPreprocessor`): `device="cpu"` with `device_id=None` on hosts
-  without a GPU (libjpeg-turbo decode), `"gpu"` (`fn.decoders.image(device="mixed")`, nvJPEG / the hardware JPEG
-  decoder) on a GPU;
-- serialized as `model.dali` for Triton's DALI backend (`serialize_pipeline`): serialized with `device_id` unset,
-  so it can be written on a host without a GPU; the backend sets the device of each model instance.
+One pipeline definition, run in-process by `DaliPreprocessor`: `device="cpu"` with `device_id=None` on hosts
+without a GPU (libjpeg-turbo decode), `"gpu"` (`fn.decoders.image(device="mixed")`, nvJPEG / the hardware JPEG
+decoder) on a GPU. Both served models run it inside the python backend: `supersimplenet_py` and the ensemble's
+`preprocess` step. Not the DALI backend: it answers every request of a batch with the error of one bad frame and
+resets its pipeline (dali_backend 01783f8, `src/dali_model_instance.cc` `ExecuteBatched`,
+`src/dali_executor/dali_executor.cc` `DaliExecutor::Run`), while here a bad frame fails alone (`decode_frames`).
 
 Steps: decode to RGB (grayscale, CMYK and alpha are converted), bilinear resize without antialiasing to
 `config.image_size` rounded to 8 bits (as `pipeline/images.py` and the official loader), normalize with the
@@ -16,19 +16,17 @@ exact .5 tie (tests/test_preprocess.py states the tolerances).
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import ModelConfig
+from pipeline.frames import FrameError
+from pipeline.frames import check_frame
 
-INPUT_NAME = "IMAGE"  # encoded bytes, UINT8 [-1]; must equal the DALI model's input name in config.pbtxt
-OUTPUT_NAME = "IMAGES"  # FP32 [3, H, W]
+INPUT_NAME = "IMAGE"  # the pipeline's external source: encoded bytes, UINT8 [-1]
+OUTPUT_NAME = "IMAGES"  # FP32 [3, H, W]: the preprocess step's output (model_repository/preprocess)
 DEVICES = ("cpu", "gpu")
-SPEC_FILE = "pipeline.json"  # in the DALI model folder: what model.dali was serialized from
 
 
 def _pipeline_def():
@@ -65,14 +63,12 @@ def build_pipeline(
     device_id: int | None = None,
     num_threads: int = 1,
     hw_decoder_load: float = 0.65,
-    synchronous: bool = True,
 ):
-    """An unbuilt DALI pipeline. `synchronous` runs one batch per `run()` (in-process use)."""
+    """An unbuilt DALI pipeline that runs one batch per `run()`, synchronously (in-process use)."""
     if device not in DEVICES:
         raise ValueError(f"device={device!r} is unknown; accepted: {', '.join(DEVICES)}")
     if device == "cpu":
         device_id = None
-    extra = {"exec_async": False, "exec_pipelined": False, "prefetch_queue_depth": 1} if synchronous else {}
     return _pipeline_def()(
         config,
         device,
@@ -80,43 +76,10 @@ def build_pipeline(
         batch_size=batch_size,
         num_threads=num_threads,
         device_id=device_id,
-        **extra,
+        exec_async=False,
+        exec_pipelined=False,
+        prefetch_queue_depth=1,
     )
-
-
-def serialize_pipeline(config: ModelConfig, path: str | Path, max_batch_size: int, device: str = "gpu") -> Path:
-    """Write `model.dali` for Triton's DALI backend (GPU decode by default), and `pipeline.json` beside its
-    version folder so `python -m pipeline.deploy.preprocess MODEL_DIR` can redo it with another DALI version."""
-    import nvidia.dali
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pipe = build_pipeline(config, max_batch_size, device=device, device_id=None, num_threads=4, synchronous=False)
-    pipe.serialize(filename=str(path))
-    recipe = {"config": json.loads(config.to_json()), "max_batch_size": max_batch_size, "device": device}
-    recipe["dali_version"] = nvidia.dali.__version__
-    if path.parent.name.isdigit():  # <model>/<version>/model.dali
-        path.parent.parent.joinpath(SPEC_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
-    return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Re-serialize MODEL_DIR/1/model.dali from MODEL_DIR/pipeline.json with the DALI installed here (use the
-    DALI version of the serving container's dali backend; no torch needed)."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: python -m pipeline.deploy.preprocess MODEL_DIR   (e.g. repo/preprocess)", file=sys.stderr)
-        return 2
-    model_dir = Path(argv[0])
-    recipe = json.loads((model_dir / SPEC_FILE).read_text())
-    config = ModelConfig.from_json(json.dumps(recipe["config"]))
-    path = serialize_pipeline(config, model_dir / "1" / "model.dali", recipe["max_batch_size"], recipe["device"])
-    print(f"wrote {path}")
-    return 0
-
-
-class DecodeError(ValueError):
-    pass
 
 
 class DaliPreprocessor:
@@ -185,5 +148,22 @@ def _reason(err: Exception) -> str:
     return "; ".join(lines) if lines else type(err).__name__
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def decode_frames(
+    decoder: DaliPreprocessor, frames: Sequence[np.ndarray], max_pixels: int
+) -> tuple[object, list[int], dict[int, FrameError]]:
+    """Header checks (pipeline/frames.py), then DALI, each frame on its own account:
+    (images [k, 3, H, W] of the k frames that decoded, their indices in `frames`, {index: FrameError} of the rest).
+    """
+    errors: dict[int, FrameError] = {}
+    checked = []
+    for i, frame in enumerate(frames):
+        try:
+            check_frame(memoryview(np.ascontiguousarray(frame)), max_pixels)
+        except FrameError as err:
+            errors[i] = err
+            continue
+        checked.append(i)
+    images, failed = decoder([frames[i] for i in checked])
+    for k, message in failed.items():
+        errors[checked[k]] = FrameError(message)
+    return images, [i for k, i in enumerate(checked) if k not in failed], errors

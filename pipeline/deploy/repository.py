@@ -118,9 +118,13 @@ def engine_plans(repository: Path, configs: dict[str, mc.ModelConfig]) -> list[P
     return plans
 
 
-def serving_problems(repository: str | Path, bundled_server: bool, host: dict | None = None) -> tuple[list, list]:
-    """(reasons not to start a server on `repository`, warnings): ensemble wiring, engines whose metadata does
-    not match `host` (default: this host), backends the bundled server lacks."""
+def serving_problems(
+    repository: str | Path, bundled_server: bool, host: dict | None = None, release: str | None = None
+) -> tuple[list, list]:
+    """(reasons not to start a server on `repository`, warnings): ensemble wiring, config fields the server's
+    release (default: as far as it can be told) cannot parse, engines whose metadata does not match `host`
+    (default: this host), backends the bundled server lacks."""
+    from pipeline.deploy import triton_release
     from pipeline.deploy import trt_engine
 
     repository = Path(repository)
@@ -128,6 +132,9 @@ def serving_problems(repository: str | Path, bundled_server: bool, host: dict | 
     if not configs:
         return [f"model repository {str(repository)!r} holds no model (no */config.pbtxt)"], []
     problems, warnings = ensemble_problems(configs), []
+    release = release or triton_release.server_release(bundled_server)
+    if release:
+        problems += triton_release.config_problems(configs, release)
     if bundled_server:
         for name, config in configs.items():
             backend = config.backend or config.platform

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from pipeline import protocol
 from pipeline.frames import DEFAULT_MAX_PIXELS
 from pipeline.frames import FrameError
-from pipeline.frames import check_frame
 from pipeline.inference import DEFAULT_IMPL
 from pipeline.inference import Thresholds
 from pipeline.inference import load_inference_module
@@ -33,8 +32,9 @@ class FrameOutput(NamedTuple):
     mask: np.ndarray  # uint8 [h, w]; [0, 0] without a pixel threshold or when map_stride is 0
 
 
-def finish_frame(score: float, prob_map: torch.Tensor, thresholds: Thresholds, map_stride: int) -> FrameOutput:
-    """prob_map: [1, H, W] probabilities of one frame -> FrameOutput (label, optional pooled map and mask)."""
+def finish_frame(score: float, prob_map: torch.Tensor | None, thresholds: Thresholds, map_stride: int) -> FrameOutput:
+    """prob_map: [1, H, W] probabilities of one frame (None when map_stride is 0) -> FrameOutput (label, optional
+    pooled map and mask)."""
     label = protocol.NO_LABEL if thresholds.image is None else int(score >= thresholds.image)
     empty = np.zeros((0, 0), np.float32)
     if map_stride == 0:
@@ -51,6 +51,21 @@ def anomaly_map_from_logits(seg_logits: torch.Tensor, config, impl: str = "fast-
     from kernels import reference
 
     return reference.anomaly_map(seg_logits.float(), config.image_size, config.sigma, sigmoid=True, impl=impl)
+
+
+def finish_logits(
+    score_logits: torch.Tensor, seg_logits: torch.Tensor, strides: Sequence[int], config, thresholds, impl: str
+) -> list[FrameOutput]:
+    """Ensemble postprocess of a batch: score logits [N, 1], seg logits [N, 1, fh, fw], one map stride per row ->
+    a FrameOutput per row. The anomaly-map op runs on the rows that want a map (stride > 0) only: the ensemble asks
+    its steps for every output whatever the client requested, so `map_stride` 0 is how a client skips that work."""
+    scores = score_logits[:, 0].float().sigmoid().tolist()
+    wanted = [row for row, stride in enumerate(strides) if stride > 0]
+    maps = {}
+    if wanted:
+        rows = torch.tensor(wanted, device=seg_logits.device)
+        maps = dict(zip(wanted, anomaly_map_from_logits(seg_logits.index_select(0, rows), config, impl)))
+    return [finish_frame(score, maps.get(row), thresholds, strides[row]) for row, score in enumerate(scores)]
 
 
 class Predictor:
@@ -99,21 +114,11 @@ class Predictor:
         return results
 
     def _predict_chunk(self, frames, strides) -> list[FrameOutput | FrameError]:
-        results: list[FrameOutput | FrameError | None] = [None] * len(frames)
-        arrays, where = [], []
-        for i, frame in enumerate(frames):
-            array = np.frombuffer(frame, dtype=np.uint8) if isinstance(frame, bytes | bytearray) else frame
-            try:
-                check_frame(memoryview(np.ascontiguousarray(array)), self.max_image_pixels)
-            except FrameError as err:
-                results[i] = err
-                continue
-            arrays.append(array)
-            where.append(i)
-        images, errors = self.decoder(arrays)
-        decoded = [i for k, i in enumerate(where) if k not in errors]
-        for k, message in errors.items():
-            results[where[k]] = FrameError(message)
+        from pipeline.deploy.preprocess import decode_frames
+
+        arrays = [np.frombuffer(f, dtype=np.uint8) if isinstance(f, bytes | bytearray) else f for f in frames]
+        images, decoded, errors = decode_frames(self.decoder, arrays, self.max_image_pixels)
+        results: list[FrameOutput | FrameError | None] = [errors.get(i) for i in range(len(frames))]
         if decoded:
             with torch.inference_mode():
                 pred = self.module(images.to(self.device))

@@ -56,3 +56,34 @@ def outputs_response(outputs: list[FrameOutput]):
         protocol.MASK: np.stack([o.mask for o in outputs]),  # [n, h, w]
     }
     return pb_utils.InferenceResponse([pb_utils.Tensor(name, value) for name, value in tensors.items()])
+
+
+def request_frames(requests, responses: list) -> tuple[list[np.ndarray], list[int]]:
+    """Every frame (a row of IMAGE [n, nbytes], uint8) of the requests not answered yet, and its request's index."""
+    import triton_python_backend_utils as pb_utils
+
+    frames, owners = [], []
+    for index, request in enumerate(requests):
+        if responses[index] is None:
+            for row in pb_utils.get_input_tensor_by_name(request, protocol.INPUT).as_numpy():
+                frames.append(row)
+                owners.append(index)
+    return frames, owners
+
+
+def answer_requests(responses: list, owners: list[int], results: list, respond) -> None:
+    """Fill `responses` from per-frame `results` (in the order of `owners`): a request with a bad frame (an
+    exception among its results) gets an error naming that frame, the others `respond(their results)`."""
+    per_request: dict[int, list] = {}
+    for owner, result in zip(owners, results):
+        per_request.setdefault(owner, []).append(result)
+    for index, mine in per_request.items():
+        bad = [(k, r) for k, r in enumerate(mine) if isinstance(r, Exception)]
+        if bad:
+            k, err = bad[0]
+            responses[index] = error_response(f"frame {k} of {len(mine)} in request: {err}")
+        else:
+            responses[index] = respond(mine)
+    for index, response in enumerate(responses):
+        if response is None:
+            responses[index] = error_response(f"input {protocol.INPUT!r} holds no frame")

@@ -2,8 +2,9 @@
 
 An engine runs only on the TensorRT version that built it and on GPUs of the compute capability it was built for
 (deployment.md §4.3), so `build_engine` writes `model.plan.json` beside the plan (TensorRT version, GPU name,
-compute capability, optimization profile, ONNX digest), and `engine_problems` compares that with the host before a
-repository is served. No torch here: this module also runs alone inside the NGC TensorRT container:
+compute capability, optimization profile, ONNX digest, timing-cache notes), and `engine_problems` compares that
+with the host (pipeline/deploy/gpu_host.py: the libnvinfer version, every visible GPU) before a repository is
+served. No torch here: this module also runs alone inside the NGC TensorRT container:
 
     python -m pipeline.deploy.trt_engine build repo/supersimplenet_trt/1/model.onnx --max-batch 16
     python -m pipeline.deploy.trt_engine verify repo/supersimplenet_trt/1/model.plan
@@ -19,11 +20,11 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from pipeline.deploy import gpu_host
 
 INSTALL_HINT = (
     "the `tensorrt` Python package is not importable. Build engines inside the NGC container of the same release "
@@ -50,60 +51,35 @@ def tensorrt_major(trt) -> int:
     return int(trt.__version__.split(".")[0])
 
 
-def _gpu_from_nvidia_smi() -> tuple[str | None, str | None]:
-    if not shutil.which("nvidia-smi"):
-        return None, None
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader", "--id=0"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        ).stdout.strip()
-        name, cap = (s.strip() for s in out.split(",", 1))
-        return name, cap
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return None, None
-
-
-def host_description() -> dict[str, str | None]:
-    """TensorRT version and GPU 0 of this host (None where unknown)."""
-    try:
-        import tensorrt
-
-        version = tensorrt.__version__
-    except ImportError:  # the tritonserver container has TensorRT libraries but no Python bindings
-        version = os.environ.get("TRT_VERSION") or os.environ.get("TENSORRT_VERSION")
-    name, cap = None, None
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            name = torch.cuda.get_device_name(0)
-            cap = "{}.{}".format(*torch.cuda.get_device_capability(0))
-    except ImportError:
-        pass
-    if name is None:
-        name, cap = _gpu_from_nvidia_smi()
-    return {"tensorrt": version, "gpu": name, "compute_capability": cap}
+def host_description() -> dict:
+    """TensorRT version and visible GPUs of this host (pipeline/deploy/gpu_host.py); None where unknown.
+    `gpu`/`compute_capability` describe CUDA device 0, the one an engine is built on."""
+    gpus = gpu_host.visible_gpus()
+    name, cap = gpus[0] if gpus else (None, None)
+    return {"tensorrt": gpu_host.tensorrt_version(), "gpu": name, "compute_capability": cap, "gpus": gpus}
 
 
 def engine_problems(metadata: dict, host: dict) -> tuple[list[str], list[str]]:
-    """(reasons to refuse the engine on `host`, warnings): the TensorRT version must match exactly and the GPU
-    must have the same compute capability; another GPU model of that architecture only warns."""
+    """(reasons to refuse the engine on `host`, warnings): the TensorRT release must be the same and every visible
+    GPU must have the engine's compute capability (Triton puts a KIND_GPU instance on each visible GPU); another
+    GPU model of that architecture only warns."""
     refuse, warn = [], []
     gpu, cap = metadata.get("gpu"), metadata.get("compute_capability")
     built = f"built with TensorRT {metadata.get('tensorrt')} for {gpu} (sm {cap})"
     if host.get("tensorrt") is None:
-        refuse.append(f"cannot tell this host's TensorRT version (engine {built}); run where `tensorrt` imports")
-    elif host["tensorrt"] != metadata.get("tensorrt"):
+        refuse.append(f"cannot tell this host's TensorRT version (engine {built}); run where libnvinfer loads")
+    elif not gpu_host.same_tensorrt(host["tensorrt"], metadata.get("tensorrt")):
         refuse.append(f"engine {built}, but this host has TensorRT {host['tensorrt']}")
-    if host.get("compute_capability") is None:
+    gpus = host.get("gpus") or ([(host["gpu"], host["compute_capability"])] if host.get("compute_capability") else [])
+    if not gpus:
         refuse.append(f"no GPU found on this host (engine {built})")
-    elif host["compute_capability"] != cap:
-        refuse.append(f"engine {built}, but this host's GPU {host.get('gpu')} is sm {host['compute_capability']}")
-    if not refuse and host.get("gpu") != gpu:
-        warn.append(f"engine {built} runs on {host.get('gpu')} (same architecture; tactics were timed elsewhere)")
+    for index, (name, host_cap) in enumerate(gpus):
+        if host_cap != cap:
+            where = "this host's GPU" if len(gpus) == 1 else f"visible GPU {index}"
+            refuse.append(f"engine {built}, but {where} {name} is sm {host_cap}")
+    if not refuse and any(name != gpu for name, _ in gpus):
+        others = sorted({name for name, _ in gpus if name != gpu})
+        warn.append(f"engine {built} runs on {', '.join(others)} (same architecture; tactics were timed elsewhere)")
     return refuse, warn
 
 
@@ -119,6 +95,42 @@ def read_metadata(plan: str | Path) -> dict:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def attach_timing_cache(config, path: Path) -> tuple[object, list[str]]:
+    """Give the builder `config` the timing cache stored at `path` (empty if none): (cache object, notes).
+
+    TensorRT checks a cache's header against this device (pyCoreDoc.h `set_timing_cache`: "A failure will be
+    reported if the CUDA device property in the provided cache is different"), and `create_timing_cache` gives
+    None for bytes it cannot read. Such a cache, from another GPU or TensorRT release, is moved aside to
+    `<name>.stale` (kept, never silently dropped), said in the notes, and the build times its tactics afresh.
+    """
+    notes = []
+    data = path.read_bytes() if path.is_file() else b""
+    if data:
+        cache = config.create_timing_cache(data)
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return cache, [f"reused {path.name} ({len(data)} bytes)"]
+        reason = "TensorRT cannot read it" if cache is None else "it was made on another GPU or TensorRT release"
+        stale = path.with_name(path.name + ".stale")
+        os.replace(path, stale)
+        notes.append(f"timing cache {path.name} not used: {reason}; moved to {stale.name}, tactics timed afresh")
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise EngineError("TensorRT could not create an empty timing cache (create_timing_cache/set_timing_cache)")
+    return cache, [f"new {path.name}", *notes]
+
+
+def save_timing_cache(config, path: Path) -> list[str]:
+    """Write the builder's timing cache to `path` (atomically); a note instead where TensorRT gives none."""
+    cache = config.get_timing_cache()
+    blob = cache.serialize() if cache is not None else None
+    if blob is None or len(blob) == 0:
+        return [f"TensorRT returned no timing cache after the build; {path.name} not written"]
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(bytes(blob))
+    os.replace(partial, path)
+    return []
 
 
 def build_engine(
@@ -153,15 +165,17 @@ def build_engine(
     config.add_optimization_profile(profile)
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     cache_path = Path(timing_cache) if timing_cache else plan_path.with_name("timing.cache")
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)  # reuse earlier tactic timings of this GPU + version
+    cache, cache_notes = attach_timing_cache(config, cache_path)  # `cache` must outlive the build
 
     start = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineError(f"TensorRT failed to build an engine from {str(onnx_path)!r} (see the log above)")
     plan_path.write_bytes(bytes(plan))
-    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    cache_notes += save_timing_cache(config, cache_path)
+    del cache
+    for note in cache_notes[1:]:
+        print(f"warning: {note}", file=sys.stderr)
     host = host_description()
     metadata = {
         "tensorrt": trt.__version__,
@@ -177,6 +191,7 @@ def build_engine(
         "workspace_gib": workspace_gib,
         "onnx_sha256": _sha256(onnx_path),
         "build_seconds": round(time.perf_counter() - start, 1),
+        "timing_cache": cache_notes,
     }
     plan_path.with_name(plan_path.name + METADATA_SUFFIX).write_text(json.dumps(metadata, indent=2) + "\n")
     return metadata

@@ -3,8 +3,9 @@
 Gets the TensorRT engine's outputs (score_logit [n, 1], seg_logits [n, 1, fh, fw]); with
 FORCE_CPU_ONLY_INPUT_TENSORS=no they stay on the GPU and arrive here through DLPack without a copy. Runs the
 anomaly-map op (upsample + Gaussian blur + sigmoid; `map_impl` picks its formulation in kernels/), the sigmoid of
-the score, the thresholds and the map stride: `pipeline.deploy.serving.anomaly_map_from_logits` and `finish_frame`, the
-same code the portable `supersimplenet_py` model runs. One response per request, in order.
+the score, the thresholds and the map stride: `pipeline.deploy.serving.finish_logits`, built on the `finish_frame` the
+portable `supersimplenet_py` model runs. One response per request, in order. The ensemble requests all four outputs
+of this step whatever the client asked for, so a request parameter `map_stride` 0 is what skips the map op here.
 """
 
 import os
@@ -19,8 +20,7 @@ from torch.utils.dlpack import from_dlpack
 
 from pipeline import protocol
 from pipeline.config import ModelConfig
-from pipeline.deploy.serving import anomaly_map_from_logits
-from pipeline.deploy.serving import finish_frame
+from pipeline.deploy.serving import finish_logits
 from pipeline.deploy.triton_io import error_response
 from pipeline.deploy.triton_io import instance_device
 from pipeline.deploy.triton_io import model_parameters
@@ -51,23 +51,18 @@ class TritonPythonModel:
                 strides.append(request_map_stride(request, self.map_stride))
             except ValueError as err:
                 responses[index] = error_response(str(err))
-                strides.append(None)
                 continue
             logits.append(_tensor(request, "score_logit", self.device))  # [n, 1]
             segs.append(_tensor(request, "seg_logits", self.device))  # [n, 1, fh, fw]
         if not logits:
             return responses
-        # all requests of the batch in one call of the anomaly-map op
-        scores = torch.cat(logits)[:, 0].float().sigmoid().tolist()
-        prob_maps = anomaly_map_from_logits(torch.cat(segs), self.config, self.map_impl)  # [N, 1, H, W]
+        # every request of the batch in one call of the anomaly-map op, on the rows that want a map
+        rows = [stride for stride, logit in zip(strides, logits) for _ in range(len(logit))]
+        outputs = finish_logits(torch.cat(logits), torch.cat(segs), rows, self.config, self.thresholds, self.map_impl)
         start = 0
-        for index, stride in enumerate(strides):
-            if responses[index] is not None:
-                continue
-            n = len(logits.pop(0))
-            rows = range(start, start + n)
-            start += n
-            responses[index] = outputs_response(
-                [finish_frame(scores[r], prob_maps[r], self.thresholds, stride) for r in rows]
-            )
+        for index in range(len(requests)):
+            if responses[index] is None:
+                n = len(logits.pop(0))
+                responses[index] = outputs_response(outputs[start : start + n])
+                start += n
         return responses

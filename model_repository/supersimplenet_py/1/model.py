@@ -23,10 +23,12 @@ import triton_python_backend_utils as pb_utils
 
 from pipeline import protocol
 from pipeline.deploy.serving import Predictor
+from pipeline.deploy.triton_io import answer_requests
 from pipeline.deploy.triton_io import error_response
 from pipeline.deploy.triton_io import instance_device
 from pipeline.deploy.triton_io import model_parameters
 from pipeline.deploy.triton_io import outputs_response
+from pipeline.deploy.triton_io import request_frames
 from pipeline.deploy.triton_io import request_map_stride
 from pipeline.inference import Thresholds
 from pipeline.inference import load_inference_module
@@ -52,28 +54,13 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"supersimplenet_py: impl {params['impl']} on {device}, checkpoint {checkpoint}")
 
     def execute(self, requests):
-        responses = [None] * len(requests)
-        frames, strides, owners = [], [], []  # flattened over the requests
+        responses, strides = [None] * len(requests), {}
         for index, request in enumerate(requests):
             try:
-                stride = request_map_stride(request, self.map_stride)
+                strides[index] = request_map_stride(request, self.map_stride)
             except ValueError as err:
                 responses[index] = error_response(str(err))
-                continue
-            batch = pb_utils.get_input_tensor_by_name(request, protocol.INPUT).as_numpy()  # [n, nbytes] uint8
-            for row in batch:
-                frames.append(row)
-                strides.append(stride)
-                owners.append(index)
-        results = self.predictor.predict(frames, strides)
-        for index in range(len(requests)):
-            if responses[index] is not None:
-                continue
-            mine = [r for r, owner in zip(results, owners) if owner == index]
-            bad = [(k, r) for k, r in enumerate(mine) if isinstance(r, Exception)]
-            if bad:
-                k, err = bad[0]
-                responses[index] = error_response(f"frame {k} of {len(mine)} in request: {err}")
-            else:
-                responses[index] = outputs_response(mine)
+        frames, owners = request_frames(requests, responses)  # flattened over the requests
+        results = self.predictor.predict(frames, [strides[owner] for owner in owners])
+        answer_requests(responses, owners, results, outputs_response)
         return responses
