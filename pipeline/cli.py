@@ -28,6 +28,7 @@ COMMANDS: dict[str, Command] = {
     "synth": Command("training.data.synthetic", "write the synthetic defect dataset (MVTec layout, PNG)"),
     "train": Command("training.cli", "train a preset in a supervision regime; evaluate; store alarm thresholds"),
     "eval": Command("training.eval_cli", "paper metrics, report and (optionally) thresholds for a checkpoint"),
+    "demo": Command("pipeline.line_demo", "the whole line on the embedded default: train, deploy, serve, stream"),
 }
 
 

@@ -20,7 +20,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextlib import suppress
 from dataclasses import dataclass
@@ -178,11 +177,33 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, every
         time.sleep(every)
 
 
+class Background:
+    """`fn` on a daemon thread: a hung run fails its test (and never holds up the interpreter's exit)."""
+
+    def __init__(self, fn: Callable[[], object]):
+        self.value, self.error = None, None
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self.value = fn()
+        except BaseException as err:  # re-raised by result()
+            self.error = err
+
+    def result(self, timeout: float):
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise AssertionError(f"the stream was still running after {timeout:.0f} s")
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
 @contextmanager
 def in_background(fn: Callable[[], object]):
-    """Run `fn` on a thread; yields its Future (result(timeout) re-raises its exception)."""
-    with ThreadPoolExecutor(1) as pool:
-        yield pool.submit(fn)
+    """Run `fn` on a thread; yields a handle whose result(timeout) returns its value or re-raises its error."""
+    yield Background(fn)
 
 
 def records_by_camera(out: Path) -> dict[str, list[dict]]:

@@ -112,7 +112,7 @@ def test_backpressure_window_and_drop_oldest(relay, stream_assets, tmp_path, mon
         wait_until(lambda: len(cameras) == 2 and cameras["files"].delivered >= 0, RUN_S, "a first answer")
         with relay.silent():  # nothing comes back for a while (a stalled server or network): both windows fill up
             wait_until(lambda: cameras["live"].dropped >= 4 * window, 60, "the live camera to drop frames")
-            wait_until(lambda: spy.max_outstanding().get("files") == window, 60, "the files camera's window")
+            wait_until(lambda: spy.max_outstanding().get("files", 0) >= window, 60, "the files camera's window")
         result = future.result(RUN_S)
     peak = spy.max_outstanding()
     assert peak == {"files": window, "live": window}  # in flight never above the window, and it was reached

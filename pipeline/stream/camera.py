@@ -224,6 +224,13 @@ class Camera:
         self.resend, self.inflight = [], 0
         return self.ready()
 
+    def close(self) -> None:
+        """The run is over: the reader stops, and one waiting for room in `pending` gives its frame up."""
+        self.stop.set()
+        with self.cond:
+            self.abandoned = self.abandoned or "the run ended before this frame was sent"
+            self.cond.notify_all()
+
     def update_finished(self) -> bool:
         """Owner: every captured frame delivered and the reader done (then `finished` stays True)."""
         with self.cond:

@@ -98,7 +98,7 @@ def run_stream(args) -> int:
     result = stream(specs, options, args.out, maps, args.alarm_command, live_table=live)
     from rich.console import Console
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 132)
     console.print(table(result.cameras, "stream summary", live=False))
     for line in summary_lines(result.totals):
         console.print(line, highlight=False)

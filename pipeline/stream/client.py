@@ -241,6 +241,8 @@ def stream(
         _wait(cameras, stats, live_table, run, options)
     finally:
         run.closing.set()
+        for camera in cameras:
+            camera.close()
         for thread in threads:
             thread.join(30)
         sinks.close()

@@ -162,7 +162,8 @@ class Connection:
         if self.supervisor.abandon_reason:
             self._abandon(self.supervisor.abandon_reason)
         if not self.up:
-            self._move_cameras()
+            if self.last_error is not None:  # failed (not merely not connected yet): cameras go where it is up
+                self._move_cameras()
             if time.monotonic() >= self.next_try:
                 self._connect()
             self._give_up()

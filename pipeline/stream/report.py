@@ -144,13 +144,13 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}" if value >= 100 else f"{value:.1f}"
 
 
-COLUMNS = ("camera", "server", "frames", "fps", "p50 ms", "p95 ms", "p99 ms", "defects", "dropped", "errors", "reconn.")
+COLUMNS = ("camera", "server", "frames", "fps", "p50", "p95", "p99", "defects", "dropped", "errors", "reconn.")
 
 
 def table(rows: list[dict], title: str, live: bool = True):
     from rich.table import Table
 
-    grid = Table(title=title, title_justify="left")
+    grid = Table(title=f"{title} (latency in ms)", title_justify="left")
     for column in COLUMNS:
         grid.add_column(column, justify="left" if column in ("camera", "server") else "right")
     for r in rows:
