@@ -74,25 +74,14 @@ def run_stream(args) -> int:
     if args.tls or args.tls_root_cert or args.tls_client_key or args.tls_client_cert:
         tls = load_tls(args.tls_root_cert, args.tls_client_key, args.tls_client_cert)
     maps = args.map_stride > 0 and not args.no_overlays and args.out is not None
+    same = ("model", "window", "policy", "fps", "frames", "loop", "map_stride", "synthetic_root")
+    seconds = ("watchdog", "wait_ready", "connect_timeout", "give_up", "keepalive", "open_timeout", "read_timeout")
     options = StreamOptions(
         servers=tuple(s.removeprefix("grpc://") for s in args.server),
-        model=args.model,
-        window=args.window,
-        policy=args.policy,
-        fps=args.fps,
-        frames=args.frames,
-        loop=args.loop,
         maps=maps,
-        map_stride=args.map_stride,
-        watchdog_s=args.watchdog,
-        wait_ready_s=args.wait_ready,
-        connect_timeout_s=args.connect_timeout,
-        give_up_s=args.give_up,
-        keepalive_s=args.keepalive,
         tls=tls,
-        synthetic_root=args.synthetic_root,
-        open_timeout_s=args.open_timeout,
-        read_timeout_s=args.read_timeout,
+        **{name: getattr(args, name) for name in same},
+        **{f"{name}_s": getattr(args, name) for name in seconds},
     )
     live = not args.no_table and sys.stdout.isatty()
     result = stream(specs, options, args.out, maps, args.alarm_command, live_table=live)
