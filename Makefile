@@ -13,11 +13,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-demo: setup  ## main job on the embedded default: train the tiny preset on the synthetic dataset, infer, bench (CPU)
-	$(VENV)/bin/ssn train --preset tiny --synthetic --data data/synth --out runs/tiny.safetensors --quiet
-	$(VENV)/bin/ssn infer --checkpoint runs/tiny.safetensors --out runs/maps \
-		data/synth/metal/test/good/000.png data/synth/metal/test/scratch/000.png data/synth/metal/test/stain/000.png
-	$(PY) bench/throughput.py --providers reference folded
+demo: setup  ## the main job, end to end on the embedded default (CPU): synth, train tiny, deploy, serve, stream 4 cameras
+	$(VENV)/bin/ssn demo
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -4,6 +4,8 @@
     python bench/throughput.py --preset mvtec --batch 1 8 --providers reference folded
     python bench/throughput.py --preset mvtec --device cuda --dtype fp16 --batch 1 16 64
 
+Served provider: `triton-grpc` (bench/stream_grpc.py: N cameras streaming JPEG frames over gRPC to a tritonserver,
+beside in-process inference of the same frames; its own table).
 Providers: `reference` (straightforward composition), `fast-cpu` (exact reorderings of the two fused ops,
 kernels/reference.py) and `folded` (pipeline/folded.py: heads folded into a few GEMMs at the backbone's native
 resolution; its backbone is fed channels_last). Stages, each fed with precomputed inputs of the previous one:
@@ -31,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import stream_grpc  # noqa: E402
 from bench.harness import environment  # noqa: E402
 from bench.harness import print_table  # noqa: E402
 from bench.harness import summarize  # noqa: E402
@@ -46,6 +49,7 @@ from pipeline.model import SuperSimpleNet  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROVIDERS = (*reference.IMPLS, "folded")
+SERVED_PROVIDERS = ("triton-grpc",)  # bench/stream_grpc.py
 STAGES = ("backbone", "feature", "heads", "seg", "cls", "feat+heads", "postprocess", "e2e", "e2e+io")
 
 
@@ -232,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         "--providers",
         nargs="+",
         default=list(PROVIDERS),
-        choices=list(PROVIDERS),
-        help="inference formulations to time; ratios are against the first",
+        choices=[*PROVIDERS, *SERVED_PROVIDERS],
+        help="inference formulations to time; ratios are against the first (triton-grpc: its own table)",
     )
     parser.add_argument(
         "--compile-backbone",
@@ -244,13 +248,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per measurement (median reported)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.add_argument("--json", default="bench/results/throughput.json", help="where to write the JSON results")
+    stream_grpc.add_arguments(parser)
     args = parser.parse_args(argv)
     if any(b < 1 for b in args.batch):
         parser.error(f"--batch values must be >= 1, got {args.batch}")
     if args.warmup < 0 or args.repeats < 1:
         parser.error("--warmup must be >= 0 and --repeats >= 1")
-    payload = run(args)
-    report(payload, args.providers)
+    served = [p for p in args.providers if p in SERVED_PROVIDERS]
+    args.providers = [p for p in args.providers if p not in SERVED_PROVIDERS]
+    payload = run(args) if args.providers else {"preset": args.preset, "results": []}
+    if args.providers:
+        report(payload, args.providers)
+    if served:
+        payload["triton_grpc"] = stream_grpc.run(args)
+        stream_grpc.report(payload["triton_grpc"])
     print(f"JSON: {write_json(args.json, payload)}")
     return 0
 

@@ -24,9 +24,11 @@ COMMANDS: dict[str, Command] = {
     "export": Command("pipeline.deploy.export", "ONNX of the inference graph (fp32/fp16), checked with onnxruntime"),
     "deploy": Command("pipeline.deploy.deploy", "fill a Triton model repository from a checkpoint (py or trt target)"),
     "serve": Command("pipeline.deploy.triton_server", "run a local Triton Inference Server on a model repository"),
+    "stream": Command("pipeline.stream.cli", "stream cameras to tritonserver over gRPC: results, overlays, live table"),
     "synth": Command("training.data.synthetic", "write the synthetic defect dataset (MVTec layout, PNG)"),
     "train": Command("training.cli", "train a preset in a supervision regime; evaluate; store alarm thresholds"),
     "eval": Command("training.eval_cli", "paper metrics, report and (optionally) thresholds for a checkpoint"),
+    "demo": Command("pipeline.line_demo", "the whole line on the embedded default: train, deploy, serve, stream"),
 }
 
 

@@ -6,6 +6,9 @@ import warnings
 
 import pytest
 import torch
+from stream_helpers import relay  # noqa: F401 (fixtures shared by the stream tests: one server per session)
+from stream_helpers import stream_assets  # noqa: F401
+from stream_helpers import stream_server  # noqa: F401
 
 from pipeline.backbone import load_backbone
 from pipeline.config import ModelConfig
