@@ -21,8 +21,6 @@ import warnings
 from pathlib import Path
 
 from bench.harness import print_table
-from bench.serve import in_process
-from bench.serve import make_frames
 
 DEFAULTS = {"cameras": 4, "stream_frames": 150, "stream_window": 2, "max_batch": 16}
 
@@ -53,6 +51,8 @@ def _stream(url: str, folder: Path, cameras: int, frames: int, window: int) -> d
 def run(args) -> dict:
     import torch
 
+    from bench.serve import in_process  # the server-side modules load only when this provider runs
+    from bench.serve import make_frames
     from pipeline.backbone import load_backbone
     from pipeline.checkpoint import save_checkpoint
     from pipeline.config import get_preset

@@ -27,6 +27,8 @@ NOT_RUN = {
     "serve-gpu": {"onnx": "--target trt only; the bench deploys --target py", "onnxruntime": "as above"},
     "ensemble-gpu": {"onnxruntime": "export.onnx_parity only, which the test does not call"},
 }
+# files whose imports inside functions run only when a check's command names the word (a provider)
+ONLY_WITH = {"bench/stream_grpc.py": "triton-grpc"}
 
 
 def checks() -> list[tuple[str, list[str], list[str]]]:
@@ -97,9 +99,19 @@ def _optional(tree: ast.AST) -> set[int]:
     return skipped
 
 
-def imported_modules(sources: list[str]) -> dict[str, set[str]]:
+def _module_level(tree: ast.Module) -> set[int]:
+    """ids of the nodes outside every function body."""
+    inside = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            inside |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return {id(n) for n in ast.walk(tree)} - inside
+
+
+def imported_modules(sources: list[str], words: frozenset[str] = frozenset()) -> dict[str, set[str]]:
     """{top-level name: importing files} of the third-party modules that these sources and the project modules they
-    import (at any depth, at module level or inside functions) import, leaving out optional imports."""
+    import (at any depth, at module level or inside functions) import, leaving out optional imports, and the imports
+    inside functions of the ONLY_WITH files whose word is not among `words`."""
     todo, seen, third_party = list(sources), set(), {}
     while todo:
         source = todo.pop()
@@ -108,7 +120,13 @@ def imported_modules(sources: list[str]) -> dict[str, set[str]]:
         seen.add(source)
         tree = ast.parse(Path(source).read_text() if source.endswith(".py") else source)
         optional = _optional(tree)
+        relative = Path(source).relative_to(ROOT).as_posix() if source.endswith(".py") else "-c"
+        not_run = set()
+        if ONLY_WITH.get(relative, "") not in words | {""}:
+            not_run = {id(n) for n in ast.walk(tree)} - _module_level(tree)
         for node in ast.walk(tree):
+            if id(node) in not_run:
+                continue
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -117,12 +135,11 @@ def imported_modules(sources: list[str]) -> dict[str, set[str]]:
                 continue
             for name in names:
                 top = name.split(".")[0]
-                if top in PROJECT or top in TEST_HELPERS:
+                if (top in PROJECT or top in TEST_HELPERS) and id(node) not in optional:
                     parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 2)]
                     todo += [str(f) for f in map(_module_file, parents) if f is not None]
                 elif top not in sys.stdlib_module_names and top != "__future__" and id(node) not in optional:
-                    where = Path(source).relative_to(ROOT).as_posix() if source.endswith(".py") else "-c"
-                    third_party.setdefault(top, set()).add(where)
+                    third_party.setdefault(top, set()).add(relative)
     return third_party
 
 
@@ -139,7 +156,7 @@ def test_each_guard_names_what_its_check_imports():
     for name, needs, command in checks():
         declared = {part.split(".")[0] for need in needs for part in need.split("|")} - WORDS
         brought = set().union(*(BRINGS.get(d, set()) for d in declared))
-        imported = imported_modules(_sources(command))
+        imported = imported_modules(_sources(command), frozenset(command))
         never_run = {m for m, files in imported.items() if all((f, m) in NEVER_RUN for f in files)}
         unguarded = set(imported) - declared - brought - never_run - set(NOT_RUN.get(name, {}))
         assert not unguarded, f"check {name}: add {sorted(unguarded)} to its modules in bench/device_check.sh"
