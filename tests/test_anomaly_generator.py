@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from training.generator import AnomalyGenerator
 from training.generator import GeneratorConfig
@@ -117,10 +117,45 @@ def test_overlap_and_bad_options():
     assert torch.equal(no_bad.label, torch.ones(2 * b))
 
 
+def _bilinear(a: np.ndarray, size: tuple[int, int], align_corners: bool) -> np.ndarray:
+    """[H, W] -> size, bilinear without antialiasing, from the textbook formula in float64: each output index maps
+    to a source coordinate (corners aligned: i * (n - 1) / (m - 1); else pixel centres: (i + 0.5) * n / m - 0.5,
+    clamped at 0), weighted between its two neighbours."""
+
+    def axis(n: int, m: int):
+        i = np.arange(m, dtype=np.float64)
+        src = i * (n - 1) / (m - 1) if align_corners else np.maximum((i + 0.5) * n / m - 0.5, 0.0)
+        lo = np.minimum(np.floor(src).astype(int), n - 1)
+        return lo, np.minimum(lo + 1, n - 1), src - lo
+
+    (y0, y1, fy), (x0, x1, fx) = axis(a.shape[0], size[0]), axis(a.shape[1], size[1])
+    rows = a[y0] * (1 - fy)[:, None] + a[y1] * fy[:, None]
+    return rows[:, x0] * (1 - fx) + rows[:, x1] * fx
+
+
+def test_downsample_mask_hand_cases():
+    # 4 x 4 -> 2 x 2. Pixel centres: each output is the mean of one 2 x 2 block; >= 0.5 keeps half-covered blocks.
+    mask = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 1], [1, 0, 1, 1], [1, 0, 1, 1]], dtype=torch.float32)[None, None]
+    assert downsample_mask(mask, (2, 2), align_corners=False)[0, 0].tolist() == [[1.0, 0.0], [1.0, 1.0]]
+    # corners aligned: the outputs sit exactly on the four corner pixels
+    assert downsample_mask(mask, (2, 2), align_corners=True)[0, 0].tolist() == [[1.0, 0.0], [1.0, 1.0]]
+    mask[0, 0, 3, 3] = 0
+    assert downsample_mask(mask, (2, 2), align_corners=True)[0, 0].tolist() == [[1.0, 0.0], [1.0, 0.0]]
+    assert downsample_mask(mask, (2, 2), align_corners=False)[0, 0].tolist() == [[1.0, 0.0], [1.0, 1.0]]  # 3 of 4
+
+
 @pytest.mark.parametrize("align_corners", [False, True])
-def test_downsample_mask(align_corners):
+def test_downsample_mask_equals_textbook_bilinear_then_half(align_corners):
     mask = (torch.rand(2, 1, 64, 96, generator=torch.Generator().manual_seed(0)) > 0.7).float()
     small = downsample_mask(mask, (16, 24), align_corners)
-    ref = F.interpolate(mask, size=(16, 24), mode="bilinear", align_corners=align_corners)
-    assert torch.equal(small, (ref >= 0.5).float())
-    assert set(small.unique().tolist()) <= {0.0, 1.0}
+    assert small.shape == (2, 1, 16, 24) and small.dtype == torch.float32
+    for image in range(2):
+        ref = _bilinear(mask[image, 0].double().numpy(), (16, 24), align_corners)
+        if align_corners:  # weights 63/15 and 95/23 apart: float32 and float64 may round apart, only 0.5 matters
+            decided = np.abs(ref - 0.5) > 1e-6
+            assert decided.mean() > 0.95
+        else:  # 4x: every output is the mean of a 2 x 2 block, exact in both; over a quarter are 0.5
+            decided = np.ones_like(ref, dtype=bool)
+            assert (ref == 0.5).mean() > 0.1
+        np.testing.assert_array_equal(small[image, 0].numpy()[decided], (ref >= 0.5)[decided])
+        assert 0.05 < small[image].mean() < 0.5
