@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from checkout import run_ssn
 from conftest import TINY
 from conftest import make_model
 
@@ -22,8 +21,6 @@ from pipeline.deploy.export import onnx_parity
 from pipeline.deploy.serving import anomaly_map_from_logits
 from pipeline.inference import DEFAULT_IMPL
 
-SSN = str(Path(sys.executable).parent / "ssn")
-
 
 def _run(path: Path, x: torch.Tensor) -> list[np.ndarray]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -34,12 +31,7 @@ def test_export_cli_full_fp32(tmp_path):
     """`ssn export` writes a dynamic-batch fp32 graph whose outputs equal the model's at batch 1 and 5."""
     model = make_model(map_sigmoid=True)
     checkpoint = save_checkpoint(model, tmp_path / "m.safetensors", "random")
-    out = subprocess.run(
-        [SSN, "export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.onnx"), "--max-batch", "8"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = run_ssn("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.onnx"), "--max-batch", "8")
     assert out.returncode == 0, out.stderr
     assert "onnxruntime parity (fp32 tol 0.0001)" in out.stdout
     assert onnx_metadata(tmp_path / "m.onnx") | {"config": ""} == {

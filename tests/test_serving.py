@@ -12,7 +12,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -22,6 +21,8 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
+from checkout import SSN
+from checkout import checkout_env
 from conftest import TINY
 from conftest import make_model
 from frame_samples import encode
@@ -43,7 +44,6 @@ from pipeline.deploy.triton_server import Ports
 from pipeline.images import load_image
 from pipeline.inference import Thresholds
 
-SSN = str(Path(sys.executable).parent / "ssn")
 MODEL = protocol.PYTHON_MODEL
 THRESHOLDS = {"image": 0.99, "pixel": 0.84}  # this random model: scores 0.97-0.995, map median 0.84
 MAX_BATCH = 8
@@ -78,12 +78,13 @@ def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving")
     checkpoint = save_checkpoint(make_model(TINY), tmp / "ck.safetensors", "random", thresholds=THRESHOLDS)
     # a long queue delay makes the merge of concurrent requests deterministic on a busy 2-core machine
-    deploy = [SSN, "deploy", "--checkpoint", str(checkpoint), "--target", "py", "--out", str(tmp / "repo")]
+    deploy = [*SSN, "deploy", "--checkpoint", str(checkpoint), "--target", "py", "--out", str(tmp / "repo")]
     out = subprocess.run(
         [*deploy, "--max-batch-size", str(MAX_BATCH), "--queue-delay-us", "100000"],
         capture_output=True,
         text=True,
         timeout=300,
+        env=checkout_env(),
     )
     assert out.returncode == 0, out.stderr
     # the ensemble's python step too, on a CPU instance: the bundled server can run it
@@ -92,7 +93,7 @@ def served(tmp_path_factory):
     ports = Ports.free()
     log = tmp / "server.log"
     command = [
-        SSN,
+        *SSN,
         "serve",
         "--model-repository",
         str(tmp / "repo"),
@@ -106,7 +107,7 @@ def served(tmp_path_factory):
         str(log),
     ]
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=checkout_env()
     )
     try:
         ready = _wait_for_line(process, "ready:", timeout=240)
