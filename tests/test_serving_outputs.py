@@ -14,16 +14,21 @@ from frame_samples import encode
 from frame_samples import jpeg_claiming
 from frame_samples import scene
 from frame_samples import truncated_jpeg
+from frame_samples import undecodable_jpeg
 from frame_samples import valid_frames
 
 from pipeline import protocol
+from pipeline.checkpoint import load_checkpoint
+from pipeline.checkpoint import save_checkpoint
 from pipeline.deploy.preprocess import DaliPreprocessor
 from pipeline.deploy.serving import FrameOutput
 from pipeline.deploy.serving import Predictor
+from pipeline.deploy.serving import anomaly_map_from_logits
 from pipeline.deploy.serving import finish_frame
 from pipeline.folded import FoldedSSN
 from pipeline.frames import FrameError
 from pipeline.inference import Thresholds
+from pipeline.model import SuperSimpleNet
 
 
 def block_max(prob: np.ndarray, stride: int) -> np.ndarray:
@@ -117,14 +122,16 @@ def test_predictor_equals_the_folded_model_on_the_decoded_tensor(folded):
     scores = sorted(score for score, _ in expected)
     image_threshold = (scores[2] + scores[3]) / 2  # between two frames' scores: both labels occur
     pixel_threshold = float(np.median(np.concatenate([m.ravel() for _, m in expected])))
-    frames = [*good[:3], truncated_jpeg(), *good[3:]]
-    strides = [1, 3, 0, 2, 5, 4, 1]
+    frames = [*good[:3], truncated_jpeg(), *good[3:5], undecodable_jpeg(), good[5]]
+    strides = [1, 3, 0, 2, 5, 4, 1, 1]
+    bad = (3, 6)  # refused by the header check; passes it, fails in the decoder
     predictor = Predictor(folded, Thresholds(image_threshold, pixel_threshold), max_batch_size=4)
     results = predictor.predict(frames, strides)
-    assert len(results) == 7
+    assert len(results) == 8
     assert isinstance(results[3], FrameError) and "truncated JPEG" in str(results[3])
-    got = [r for k, r in enumerate(results) if k != 3]
-    good_strides = [s for k, s in enumerate(strides) if k != 3]
+    assert isinstance(results[6], FrameError) and "could not decode the image" in str(results[6])
+    got = [r for k, r in enumerate(results) if k not in bad]
+    good_strides = [s for k, s in enumerate(strides) if k not in bad]
     for (score, prob), result, stride in zip(expected, got, good_strides):
         assert isinstance(result, FrameOutput)
         assert result.score == pytest.approx(score, abs=1e-5)
@@ -159,3 +166,53 @@ def test_predictor_applies_its_max_image_pixels(folded):
     assert isinstance(relaxed[0], FrameOutput)
     bomb = Predictor(folded, Thresholds()).predict([jpeg_claiming(9000, 8000)])  # 72 MP > the 64 MP default
     assert isinstance(bomb[0], FrameError) and "over the limit of 64.0 MP" in str(bomb[0])
+
+
+def test_predictor_from_checkpoint_takes_its_thresholds_and_the_folded_module(tmp_path):
+    checkpoint = save_checkpoint(make_model(TINY), tmp_path / "ck.safetensors", "random", thresholds={"image": 0.5})
+    model, _ = load_checkpoint(checkpoint, map_sigmoid=True)
+    frames = [encode(scene(64, 96, seed=13))]
+    (score, prob), *_ = _expected(FoldedSSN.from_model(model).eval(), frames)
+    default = Predictor.from_checkpoint(checkpoint)
+    assert isinstance(default.module, FoldedSSN) and default.thresholds == Thresholds(image=0.5, pixel=None)
+    (result,) = default.predict(frames)
+    assert result.score == pytest.approx(score, abs=1e-5) and result.label == int(result.score >= 0.5)
+    np.testing.assert_allclose(result.anomaly_map, prob, atol=1e-5)  # map_stride 1 by default: the full map
+    chosen = Predictor.from_checkpoint(
+        checkpoint, impl="reference", thresholds=Thresholds(pixel=0.6), map_stride=4, max_batch_size=3
+    )
+    assert isinstance(chosen.module, SuperSimpleNet) and chosen.module.impl == "reference"
+    assert chosen.thresholds == Thresholds(pixel=0.6) and chosen.max_batch_size == 3
+    (result,) = chosen.predict(frames)
+    assert result.label == protocol.NO_LABEL and result.score == pytest.approx(score, abs=1e-4)
+    np.testing.assert_allclose(result.anomaly_map, block_max(prob, 4), atol=1e-4)
+    np.testing.assert_array_equal(result.mask, (result.anomaly_map >= 0.6).astype(np.uint8))
+
+
+def test_predictor_torch_threads(folded):
+    """0 (default) leaves the process's torch threads alone; a positive number sets them."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        Predictor(folded, Thresholds())
+        assert torch.get_num_threads() == 2
+        Predictor(folded, Thresholds(), torch_threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("impl", [None, "reference"])
+def test_anomaly_map_from_logits_is_the_models_map(impl):
+    """The ensemble's postprocess step: seg logits -> the model's own anomaly map (probabilities)."""
+    model = make_model(TINY, map_sigmoid=True)
+    x = torch.randn(2, 3, *TINY.image_size, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        feats = model.features(x, need_pooled=not TINY.adapt_cls_features)
+        seg_logits, _ = model.heads(feats.adapted, model.cls_input(feats))
+        want = model(x).anomaly_map
+        args = () if impl is None else (impl,)
+        got = anomaly_map_from_logits(seg_logits, TINY, *args)
+    assert got.shape == want.shape == (2, 1, *TINY.image_size)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert float(got.min()) >= 0 and float(got.max()) <= 1
