@@ -4,14 +4,16 @@ only the tests that cover it. Not part of CI; results and survivors go to tests/
     python tests/mutation.py                      # every module, fresh
     python tests/mutation.py metrics frames       # some of them
     python tests/mutation.py --keep metrics       # reuse the last run's work folder (only changed code is redone)
+    python tests/mutation.py --survivors metrics  # after adding tests: retest only the last run's survivors
     python tests/mutation.py --list               # the modules and their tests
 
 mutmut reads its settings from the pyproject.toml of the folder it runs in and copies the sources into `mutants/`
 there; each module therefore runs in its own folder, mutants/<module>/ (git-ignored): links to the packages and
 tests, and this project's pyproject.toml with a [tool.mutmut] section for that module. The tests import the copy
 (mutmut puts it first on sys.path; tests/checkout.py pins subprocesses to it too). A mutant survives when every
-test that calls its function still passes. Each run prints its time and the load average (shared machines), and
-writes mutants/<module>/summary.json and survivors.txt (the diff of every surviving mutant).
+test that calls its function still passes. Each run prints its wall time, the CPU time of mutmut and its workers
+(wall time on a quiet machine is about CPU time / workers) and the load average, and writes
+mutants/<module>/summary.json and survivors.txt (the diff of every mutant not killed).
 """
 
 from __future__ import annotations
@@ -136,27 +138,36 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def run(name: str, target: Target, workers: int, keep: bool) -> dict:
-    folder = prepare(name, target, workers, keep)
-    print(f"== {name}: {target.source} with {' '.join(target.tests)} (load before: {load()})", flush=True)
-    t0 = time.monotonic()
+def run(name: str, target: Target, workers: int, keep: bool, survivors: bool = False) -> dict:
+    retest = []
+    if survivors:
+        last = WORK / name / "summary.json"
+        if not last.is_file():
+            raise SystemExit(f"--survivors {name}: no earlier run in {last.parent}")
+        retest = list(json.loads(last.read_text())["not_killed"])
+    folder = prepare(name, target, workers, keep or survivors)
+    what = f"{len(retest)} earlier survivors" if survivors else "all mutants"
+    print(f"== {name}: {target.source}, {what}, with {' '.join(target.tests)} (load before: {load()})", flush=True)
+    t0, cpu0 = time.monotonic(), os.times()
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    mutmut = [sys.executable, "-m", "mutmut", "run", "--max-children", str(workers)]
+    mutmut = [sys.executable, "-m", "mutmut", "run", "--max-children", str(workers), *retest]
     done = subprocess.run(mutmut, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seconds = time.monotonic() - t0
+    seconds, cpu1 = time.monotonic() - t0, os.times()
+    cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
     (folder / "mutmut.log").write_text(done.stdout)
     if done.returncode != 0:
         tail = "\n".join(done.stdout.splitlines()[-40:])
         raise SystemExit(f"mutmut failed for {name} (exit {done.returncode}); {folder / 'mutmut.log'}:\n{tail}")
-    summary = summarize(name, target, folder) | {"seconds": round(seconds, 1), "load_after": load()}
-    summary["workers"] = workers
+    summary = summarize(name, target, folder) | {"seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1)}
+    summary |= {"load_after": load(), "workers": workers, "retested": len(retest) if survivors else "all"}
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (folder / "survivors.txt").write_text(show(folder, list(summary["not_killed"])))
     c = summary["counts"]
     print(
         f"   {summary['mutants']} mutants: {c.get('killed', 0)} killed, {c.get('timeout', 0)} timeout, "
         f"{c.get('survived', 0)} survived, {c.get('no tests', 0)} no tests; score {summary['score']}; "
-        f"{seconds / 60:.1f} min (load after: {summary['load_after']}); survivors: {folder / 'survivors.txt'}",
+        f"{seconds / 60:.1f} min, CPU {cpu / 60:.1f} min (load after: {summary['load_after']}); "
+        f"survivors: {folder / 'survivors.txt'}",
         flush=True,
     )
     return summary
@@ -166,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help=f"default: all ({', '.join(TARGETS)})")
     parser.add_argument("--keep", action="store_true", help="reuse the last run's work folder")
+    parser.add_argument("--survivors", action="store_true", help="retest only the last run's survivors (keeps it)")
     parser.add_argument("--workers", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--list", action="store_true", help="print the modules and their tests, run nothing")
     args = parser.parse_args(argv)
@@ -177,15 +189,16 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             print(f"{name:<10} {TARGETS[name].source:<30} {' '.join(TARGETS[name].tests)}")
         return 0
-    summaries = {name: run(name, TARGETS[name], args.workers, args.keep) for name in names}
+    summaries = {name: run(name, TARGETS[name], args.workers, args.keep, args.survivors) for name in names}
     (WORK / "summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
-    print("\n| module | mutants | killed | survived | no tests | score | minutes |\n|---|---|---|---|---|---|---|")
+    print("\n| module | mutants | killed | survived | no tests | score | minutes | CPU minutes |")
+    print("|---|---|---|---|---|---|---|---|")
     for s in summaries.values():
         c = s["counts"]
         killed = c.get("killed", 0) + c.get("timeout", 0)
         print(
             f"| {s['module']} | {s['mutants']} | {killed} | {c.get('survived', 0)} | {c.get('no tests', 0)} | "
-            f"{s['score']} | {s['seconds'] / 60:.1f} |"
+            f"{s['score']} | {s['seconds'] / 60:.1f} | {s['cpu_seconds'] / 60:.1f} |"
         )
     return 0
 
