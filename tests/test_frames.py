@@ -129,6 +129,15 @@ def test_other_formats_through_their_headers():
     assert refused(bytes(bmp)).startswith("image header claims too many pixels; refused before decoding (")
 
 
+def test_a_webp_ending_with_its_own_zero_bytes_is_accepted():
+    """RIFF pads chunks to an even size with a zero byte and VP8 data may end with zeros: those bytes belong to the
+    file (trailing zeros were stripped before Pillow read it, and every such WebP was refused)."""
+    data = encode(scene(30, 40), "WEBP")
+    assert data.endswith(b"\x00")
+    assert check_frame(data) == FrameInfo("WEBP", 40, 30, 3)
+    assert check_frame(data + b"\x00" * 9) == FrameInfo("WEBP", 40, 30, 3)  # and zero padding of a batch
+
+
 def test_messages_for_frames_that_are_no_image():
     assert refused(b"") == "frame is empty (0 bytes)"
     assert refused(b"\x00" * 64) == "frame is 64 zero bytes, not an image"

@@ -155,6 +155,15 @@ def test_predictor_default_stride_and_labels_without_thresholds(folded):
         np.testing.assert_allclose(result.anomaly_map, block_max(prob, 2), atol=1e-5)
 
 
+def test_predictor_serves_a_webp_frame(folded):
+    """WebP is one of the formats serving accepts; its file ends with zero bytes of its own."""
+    data = encode(scene(64, 96, seed=14), "WEBP")
+    (score, prob), *_ = _expected(folded, [data])
+    (result,) = Predictor(folded, Thresholds()).predict([data])
+    assert isinstance(result, FrameOutput) and result.score == pytest.approx(score, abs=1e-5)
+    np.testing.assert_allclose(result.anomaly_map, prob, atol=1e-5)
+
+
 def test_predictor_applies_its_max_image_pixels(folded):
     """The limit given to the Predictor decides; a frame over it fails alone, before any decoding."""
     small, large = encode(scene(40, 50, seed=1)), encode(scene(90, 120, seed=2))  # 2000 and 10800 pixels
