@@ -64,7 +64,8 @@ TARGETS = {
     "serving": Target("pipeline/deploy/serving.py", ("tests/test_serving_outputs.py",)),
     "frames": Target(
         "pipeline/frames.py",
-        ("tests/test_preprocess.py", "tests/test_serving_outputs.py", "-k", "check_frame or pixel or bad_frame"),
+        ("tests/test_frames.py", "tests/test_preprocess.py", "tests/test_serving_outputs.py")
+        + ("-k", "test_frames or check_frame or pixel or bad_frame or webp"),
     ),
 }
 
