@@ -12,6 +12,8 @@ import torch
 from training.generator import AnomalyGenerator
 from training.generator import GeneratorConfig
 from training.generator import downsample_mask
+from training.generator import mix_seed
+from training.generator import resize_loss_mask
 from training.generator import sample_seeds
 from training.perlin import next_power_of_2
 from training.perlin import perlin_2d
@@ -159,3 +161,56 @@ def test_downsample_mask_equals_textbook_bilinear_then_half(align_corners):
             assert (ref == 0.5).mean() > 0.1
         np.testing.assert_array_equal(small[image, 0].numpy()[decided], (ref >= 0.5)[decided])
         assert 0.05 < small[image].mean() < 0.5
+
+
+def test_resize_loss_mask_is_bilinear_with_corners_aligned():
+    """Distance-transform weights go to the feature grid with align_corners=True (OFF-JIMS), values kept."""
+    weights = 1 + torch.rand(2, 1, 40, 56, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3
+    small = resize_loss_mask(weights, (10, 14))
+    assert small.shape == (2, 1, 10, 14) and small.dtype == torch.float32
+    for image in range(2):
+        ref = _bilinear(weights[image, 0].numpy(), (10, 14), align_corners=True)
+        np.testing.assert_allclose(small[image, 0].numpy(), ref, rtol=1e-5)
+    assert float(small[0, 0, 0, 0]) == pytest.approx(float(weights[0, 0, 0, 0]))  # corners kept exactly
+
+
+def test_sample_seeds_order_and_what_keys_them():
+    """2B seeds: copy 0 of every sample, then copy 1; each depends on the run seed, the epoch, the position and
+    the copy."""
+    seeds = sample_seeds(42, 3, [5, 9])
+    assert seeds == [mix_seed(42, 3, 5, 0), mix_seed(42, 3, 9, 0), mix_seed(42, 3, 5, 1), mix_seed(42, 3, 9, 1)]
+    grid = [sample_seeds(base, epoch, range(16)) for base in (42, 456654) for epoch in range(4)]
+    flat = [s for seeds in grid for s in seeds]
+    assert len(set(flat)) == len(flat) == 2 * 4 * 2 * 16  # no two (base, epoch, position, copy) share a seed
+
+
+def test_mix_seed_spreads_over_63_bits():
+    """A usable generator seed: distinct over a grid of inputs, using the whole 63-bit range, and one flipped input
+    bit changes about half the output bits (avalanche)."""
+    values = [mix_seed(base, epoch, p, c) for base in (0, 42) for epoch in range(8) for p in range(64) for c in (0, 1)]
+    assert len(set(values)) == len(values) and all(0 <= v < 2**63 for v in values)
+    assert max(values) > 2**62 and sum(v >> 62 for v in values) > len(values) // 3  # the top bit is used
+    rng = np.random.default_rng(0)
+    flips = []
+    for _ in range(300):
+        base, epoch, position = (int(x) for x in rng.integers(0, 2**31, 3))
+        bit = 1 << int(rng.integers(0, 31))
+        flips.append(bin(mix_seed(base, epoch, position, 0) ^ mix_seed(base, epoch, position ^ bit, 0)).count("1"))
+    assert 29 < np.mean(flips) < 34 and min(flips) > 10
+
+
+def test_generator_refuses_bad_settings_and_seed_counts():
+    with pytest.raises(ValueError) as err:
+        GeneratorConfig(no_anomaly="half")
+    assert str(err.value) == "no_anomaly='half'; accepted: empty, full, none"
+    with pytest.raises(ValueError) as err:
+        GeneratorConfig(noise_std=-0.1)
+    assert str(err.value) == "noise_std=-0.1 must be >= 0"
+    off = AnomalyGenerator(GeneratorConfig(noise_std=0.0, threshold=-10.0, no_anomaly="none"))  # masks, no noise
+    x = torch.randn(2, 4, 8, 8)
+    out = off(x, None, torch.zeros(2, 1, 8, 8), torch.zeros(2), sample_seeds(0, 0, range(2)))
+    assert torch.equal(out.adapted, torch.cat((x, x)))
+    assert bool(out.mask.all()) and torch.equal(out.label, torch.ones(4))
+    with pytest.raises(ValueError) as err:
+        off(x, None, torch.zeros(2, 1, 8, 8), torch.zeros(2), [1, 2, 3])
+    assert str(err.value) == "need 2B = 4 seeds (one per duplicated sample), got 3"
