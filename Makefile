@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint bench format
+.PHONY: setup demo test lint bench format mutants
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ lint: setup
 
 test: lint  ## ruff + the CPU test suite
 	$(PY) -m pytest -q
+
+mutants: setup  ## mutation testing (mutmut) of the costliest modules, each with its own tests; not in CI (tests/MUTANTS.md)
+	nice -n 10 $(PY) tests/mutation.py $(MODULES)
 
 format: setup
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .

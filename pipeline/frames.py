@@ -5,7 +5,8 @@ exhaust a decoder: empty or unrecognised bytes, a JPEG/PNG cut short, an unsuppo
 claims more pixels than `max_pixels` (a decompression bomb is refused from its header, before decoding).
 JPEG and PNG headers are parsed here directly; other formats the decoders accept (BMP, TIFF, WebP, PNM, JPEG 2000)
 are identified by Pillow, which reads only their header. Trailing zero bytes (client-side padding of a batch)
-are ignored.
+are ignored: JPEG and PNG are checked without them; the other formats are given to Pillow whole, since their files
+may end with zero bytes of their own (a WebP file often does).
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def check_frame(data: bytes | memoryview, max_pixels: int = DEFAULT_MAX_PIXELS) 
         info = _jpeg_info(body)
     elif body.startswith(_PNG_MAGIC):
         info = _png_info(body)
-    else:
-        info = _other_info(body)
+    else:  # Pillow reads only the header; these formats may end with zero bytes of their own (WebP's RIFF padding)
+        info = _other_info(data)
     if info.width < 1 or info.height < 1:
         raise FrameError(f"{info.format} header gives an empty image ({info.width}x{info.height})")
     pixels = info.width * info.height

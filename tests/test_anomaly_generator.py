@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from training.generator import AnomalyGenerator
 from training.generator import GeneratorConfig
 from training.generator import downsample_mask
+from training.generator import mix_seed
+from training.generator import resize_loss_mask
 from training.generator import sample_seeds
 from training.perlin import next_power_of_2
 from training.perlin import perlin_2d
@@ -117,10 +119,98 @@ def test_overlap_and_bad_options():
     assert torch.equal(no_bad.label, torch.ones(2 * b))
 
 
+def _bilinear(a: np.ndarray, size: tuple[int, int], align_corners: bool) -> np.ndarray:
+    """[H, W] -> size, bilinear without antialiasing, from the textbook formula in float64: each output index maps
+    to a source coordinate (corners aligned: i * (n - 1) / (m - 1); else pixel centres: (i + 0.5) * n / m - 0.5,
+    clamped at 0), weighted between its two neighbours."""
+
+    def axis(n: int, m: int):
+        i = np.arange(m, dtype=np.float64)
+        src = i * (n - 1) / (m - 1) if align_corners else np.maximum((i + 0.5) * n / m - 0.5, 0.0)
+        lo = np.minimum(np.floor(src).astype(int), n - 1)
+        return lo, np.minimum(lo + 1, n - 1), src - lo
+
+    (y0, y1, fy), (x0, x1, fx) = axis(a.shape[0], size[0]), axis(a.shape[1], size[1])
+    rows = a[y0] * (1 - fy)[:, None] + a[y1] * fy[:, None]
+    return rows[:, x0] * (1 - fx) + rows[:, x1] * fx
+
+
+def test_downsample_mask_hand_cases():
+    # 4 x 4 -> 2 x 2. Pixel centres: each output is the mean of one 2 x 2 block; >= 0.5 keeps half-covered blocks.
+    mask = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 1], [1, 0, 1, 1], [1, 0, 1, 1]], dtype=torch.float32)[None, None]
+    assert downsample_mask(mask, (2, 2), align_corners=False)[0, 0].tolist() == [[1.0, 0.0], [1.0, 1.0]]
+    # corners aligned: the outputs sit exactly on the four corner pixels
+    assert downsample_mask(mask, (2, 2), align_corners=True)[0, 0].tolist() == [[1.0, 0.0], [1.0, 1.0]]
+    mask[0, 0, 3, 3] = 0
+    assert downsample_mask(mask, (2, 2), align_corners=True)[0, 0].tolist() == [[1.0, 0.0], [1.0, 0.0]]
+    assert downsample_mask(mask, (2, 2), align_corners=False)[0, 0].tolist() == [[1.0, 0.0], [1.0, 1.0]]  # 3 of 4
+
+
 @pytest.mark.parametrize("align_corners", [False, True])
-def test_downsample_mask(align_corners):
+def test_downsample_mask_equals_textbook_bilinear_then_half(align_corners):
     mask = (torch.rand(2, 1, 64, 96, generator=torch.Generator().manual_seed(0)) > 0.7).float()
     small = downsample_mask(mask, (16, 24), align_corners)
-    ref = F.interpolate(mask, size=(16, 24), mode="bilinear", align_corners=align_corners)
-    assert torch.equal(small, (ref >= 0.5).float())
-    assert set(small.unique().tolist()) <= {0.0, 1.0}
+    assert small.shape == (2, 1, 16, 24) and small.dtype == torch.float32
+    for image in range(2):
+        ref = _bilinear(mask[image, 0].double().numpy(), (16, 24), align_corners)
+        if align_corners:  # weights 63/15 and 95/23 apart: float32 and float64 may round apart, only 0.5 matters
+            decided = np.abs(ref - 0.5) > 1e-6
+            assert decided.mean() > 0.95
+        else:  # 4x: every output is the mean of a 2 x 2 block, exact in both; over a quarter are 0.5
+            decided = np.ones_like(ref, dtype=bool)
+            assert (ref == 0.5).mean() > 0.1
+        np.testing.assert_array_equal(small[image, 0].numpy()[decided], (ref >= 0.5)[decided])
+        assert 0.05 < small[image].mean() < 0.5
+
+
+def test_resize_loss_mask_is_bilinear_with_corners_aligned():
+    """Distance-transform weights go to the feature grid with align_corners=True (OFF-JIMS), values kept."""
+    weights = 1 + torch.rand(2, 1, 40, 56, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3
+    small = resize_loss_mask(weights, (10, 14))
+    assert small.shape == (2, 1, 10, 14) and small.dtype == torch.float32
+    for image in range(2):
+        ref = _bilinear(weights[image, 0].numpy(), (10, 14), align_corners=True)
+        np.testing.assert_allclose(small[image, 0].numpy(), ref, rtol=1e-5)
+    assert float(small[0, 0, 0, 0]) == pytest.approx(float(weights[0, 0, 0, 0]))  # corners kept exactly
+
+
+def test_sample_seeds_order_and_what_keys_them():
+    """2B seeds: copy 0 of every sample, then copy 1; each depends on the run seed, the epoch, the position and
+    the copy."""
+    seeds = sample_seeds(42, 3, [5, 9])
+    assert seeds == [mix_seed(42, 3, 5, 0), mix_seed(42, 3, 9, 0), mix_seed(42, 3, 5, 1), mix_seed(42, 3, 9, 1)]
+    grid = [sample_seeds(base, epoch, range(16)) for base in (42, 456654) for epoch in range(4)]
+    flat = [s for seeds in grid for s in seeds]
+    assert len(set(flat)) == len(flat) == 2 * 4 * 2 * 16  # no two (base, epoch, position, copy) share a seed
+
+
+def test_mix_seed_spreads_over_63_bits():
+    """A usable generator seed: distinct over a grid of inputs, using the whole 63-bit range, and one flipped input
+    bit changes about half the output bits (avalanche)."""
+    values = [mix_seed(base, epoch, p, c) for base in (0, 42) for epoch in range(8) for p in range(64) for c in (0, 1)]
+    assert len(set(values)) == len(values) and all(0 <= v < 2**63 for v in values)
+    assert max(values) > 2**62 and sum(v >> 62 for v in values) > len(values) // 3  # the top bit is used
+    rng = np.random.default_rng(0)
+    flips = []
+    for _ in range(300):
+        base, epoch, position = (int(x) for x in rng.integers(0, 2**31, 3))
+        bit = 1 << int(rng.integers(0, 31))
+        flips.append(bin(mix_seed(base, epoch, position, 0) ^ mix_seed(base, epoch, position ^ bit, 0)).count("1"))
+    assert 29 < np.mean(flips) < 34 and min(flips) > 10
+
+
+def test_generator_refuses_bad_settings_and_seed_counts():
+    with pytest.raises(ValueError) as err:
+        GeneratorConfig(no_anomaly="half")
+    assert str(err.value) == "no_anomaly='half'; accepted: empty, full, none"
+    with pytest.raises(ValueError) as err:
+        GeneratorConfig(noise_std=-0.1)
+    assert str(err.value) == "noise_std=-0.1 must be >= 0"
+    off = AnomalyGenerator(GeneratorConfig(noise_std=0.0, threshold=-10.0, no_anomaly="none"))  # masks, no noise
+    x = torch.randn(2, 4, 8, 8)
+    out = off(x, None, torch.zeros(2, 1, 8, 8), torch.zeros(2), sample_seeds(0, 0, range(2)))
+    assert torch.equal(out.adapted, torch.cat((x, x)))
+    assert bool(out.mask.all()) and torch.equal(out.label, torch.ones(4))
+    with pytest.raises(ValueError) as err:
+        off(x, None, torch.zeros(2, 1, 8, 8), torch.zeros(2), [1, 2, 3])
+    assert str(err.value) == "need 2B = 4 seeds (one per duplicated sample), got 3"

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from checkout import checkout_env
+from checkout import run_ssn
 from conftest import make_model
 from PIL import Image
 
@@ -17,12 +19,6 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import ModelConfig
 from pipeline.images import load_image
-
-SSN = str(Path(sys.executable).parent / "ssn")
-
-
-def run_ssn(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([SSN, *args], capture_output=True, text=True, timeout=300)
 
 
 def test_info_mvtec_table():
@@ -114,7 +110,7 @@ def test_help_lists_commands_without_loading_torch():
     """The dispatcher imports only the module of the subcommand being run (`ssn stream` must stay torch-free)."""
     code = "import sys; from pipeline.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
     code += "print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=checkout_env())
     assert out.returncode == 0, out.stderr
     assert "info" in out.stdout and "infer" in out.stdout
     assert out.stdout.strip().endswith("False")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from checkout import run_ssn
 
 from pipeline.config import ModelConfig
 from training.data.base import build_dataset
@@ -97,10 +96,8 @@ def test_default_root_is_a_cache(tmp_path, monkeypatch):
 
 
 def test_ssn_synth_command(tmp_path):
-    ssn = str(Path(sys.executable).parent / "ssn")
     out = tmp_path / "ds"
     args = [
-        ssn,
         "synth",
         "--out",
         str(out),
@@ -115,12 +112,12 @@ def test_ssn_synth_command(tmp_path):
         "--train-defects",
         "1",
     ]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    done = run_ssn(*args, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (out / "fabric" / "ground_truth" / "scratch" / "000_mask.png").is_file()
     assert (out / "fabric" / "ground_truth" / "scratch" / "train_000_mask.png").is_file()
     assert (out / "fabric" / "train" / "scratch" / "train_000.png").is_file()
-    again = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    again = run_ssn(*args, timeout=120)
     assert again.returncode == 2 and str(out) in again.stderr and "not empty" in again.stderr
 
 

@@ -9,18 +9,13 @@ runs the same way on a machine that has ImageNet weights cached (README "Trainin
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
-SSN = str(Path(sys.executable).parent / "ssn")
-ROOT = Path(__file__).resolve().parents[1]
+from checkout import run_ssn
 
 
 def ssn(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([SSN, *args], capture_output=True, text=True, timeout=900, env=env)
+    out = run_ssn(*args, timeout=900)
     assert out.returncode == 0, f"ssn {args[0]} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
 

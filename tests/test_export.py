@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from checkout import run_ssn
 from conftest import TINY
 from conftest import make_model
 
@@ -22,8 +21,6 @@ from pipeline.deploy.export import onnx_parity
 from pipeline.deploy.serving import anomaly_map_from_logits
 from pipeline.inference import DEFAULT_IMPL
 
-SSN = str(Path(sys.executable).parent / "ssn")
-
 
 def _run(path: Path, x: torch.Tensor) -> list[np.ndarray]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -34,12 +31,7 @@ def test_export_cli_full_fp32(tmp_path):
     """`ssn export` writes a dynamic-batch fp32 graph whose outputs equal the model's at batch 1 and 5."""
     model = make_model(map_sigmoid=True)
     checkpoint = save_checkpoint(model, tmp_path / "m.safetensors", "random")
-    out = subprocess.run(
-        [SSN, "export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.onnx"), "--max-batch", "8"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = run_ssn("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.onnx"), "--max-batch", "8")
     assert out.returncode == 0, out.stderr
     assert "onnxruntime parity (fp32 tol 0.0001)" in out.stdout
     assert onnx_metadata(tmp_path / "m.onnx") | {"config": ""} == {
@@ -64,7 +56,7 @@ def test_split_graph_plus_postprocess_equals_model(tmp_path):
     model = make_model(map_sigmoid=True, impl="reference")
     path = export_onnx(model, tmp_path / "split.onnx", graph="split", max_batch=4)
     diffs = onnx_parity(path, model)
-    assert set(diffs) == {"score_logit", "seg_logits"} and max(diffs.values()) < 1e-4
+    assert set(diffs) == {"score_logit", "seg_logits", "anomaly_map_from_seg_logits"} and max(diffs.values()) < 1e-4
     x = torch.randn(2, 3, *TINY.image_size)
     score_logit, seg_logits = _run(path, x)
     fh, fw = TINY.feature_size
@@ -85,6 +77,25 @@ def test_fp16_graph_has_fp32_io(tmp_path):
     float32, float16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
     assert {t.type.tensor_type.elem_type for t in [*graph.input, *graph.output]} == {float32}
     assert sum(t.data_type == float16 for t in graph.initializer) > 10  # the weights are fp16
+
+
+@pytest.mark.parametrize(
+    ("graph", "bug", "output"),
+    [
+        ("full", lambda outs: (outs[1], outs[0], outs[2]), "score_logit"),  # score and its logit swapped
+        ("split", lambda outs: (outs[0], outs[1].sigmoid()), "seg_logits"),  # probabilities where logits belong
+    ],
+    ids=["full-swapped-scores", "split-sigmoid-seg"],
+)
+def test_parity_catches_a_bug_in_the_export_wrapper(tmp_path, monkeypatch, graph, bug, output):
+    """onnx_parity (what `ssn export` prints) compares the ONNX file with the module itself, not with the wrapper
+    that was exported: a wrapper bug present at export and at the check still fails it."""
+    model = make_model(map_sigmoid=True)
+    forward = ExportGraph.forward
+    monkeypatch.setattr(ExportGraph, "forward", lambda self, images: bug(forward(self, images)))
+    path = export_onnx(model, tmp_path / f"{graph}.onnx", graph, max_batch=2)
+    with pytest.raises(AssertionError, match=f"ONNX output '{output}' differs from PyTorch"):
+        onnx_parity(path, model)
 
 
 def test_export_refuses_logit_maps():

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from training.losses import focal_loss
 from training.losses import focal_terms
 from training.losses import ssn_loss
 
@@ -39,6 +40,21 @@ def test_focal_from_logits_equals_official_form():
     target = (torch.rand(1000, generator=g) > 0.5).float()
     torch.testing.assert_close(
         focal_terms(logits, target).double(), official_focal(logits, target), atol=1e-6, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("gamma", [1.0, 2.5])
+def test_focal_with_other_gammas_and_its_mean(gamma):
+    """An odd or fractional gamma sees the sign of 1 - p_t (gamma 4 cannot); focal_loss is the mean of the terms."""
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(500, generator=g) * 3
+    target = (torch.rand(500, generator=g) > 0.5).float()
+    torch.testing.assert_close(
+        focal_terms(logits, target, gamma).double(), official_focal(logits, target, gamma), atol=1e-6, rtol=1e-5
+    )
+    assert float(focal_loss(logits, target)) == pytest.approx(float(official_focal(logits, target).mean()), rel=1e-5)
+    assert float(focal_loss(logits, target, gamma)) == pytest.approx(
+        float(official_focal(logits, target, gamma).mean()), rel=1e-5
     )
 
 

@@ -297,3 +297,48 @@ def test_bench_metrics_script_runs(tmp_path, capsys):
     data = json.loads(out_json.read_text())
     assert data["shape"] == [6, 48, 48] and len(data["steps"]) == 6
     assert data["oracle"]["ours"] == pytest.approx(data["oracle"]["anomalib_literal"], abs=2e-6)
+
+
+# ---- ties between defect-free pixels and a defect level, with defect-free pixels in between -----------------------
+
+
+def _brute_force_f1_threshold(values: np.ndarray, targets: np.ndarray) -> float:
+    """The lowest value t maximising F1 of (values >= t), over every distinct value (no shortcuts)."""
+    best, best_f1 = None, -1.0
+    for t in np.unique(values):
+        f1 = at_threshold(values, targets, t)["f1"]
+        if f1 > best_f1:
+            best, best_f1 = t, f1
+    return float(best)
+
+
+def test_pixel_metrics_hand_case_background_tied_with_a_defect_between_two_others():
+    # defects 0.9 and 0.5, defect-free 0.7 (between them), 0.5 (tied) and 0.1: of the 6 (defect, defect-free)
+    # pairs, 0.9 wins 3, 0.5 loses to 0.7, ties 0.5 (one half) and beats 0.1 -> P-AUROC 4.5 / 6 = 0.75.
+    maps, masks = _row_images([(0.9, "D"), (0.7, "."), (0.5, "D"), (0.5, "."), (0.1, ".")])
+    result = compute_metrics([0.7], [1], maps, masks)
+    assert result["P-AUROC"] == pytest.approx(0.75)
+    # AP: threshold 0.9 -> P 1, R 1/2; threshold 0.5 -> 2 of 4 predicted are defects, R 1 -> 1/2 + 1/2 * 1/2
+    assert result["AP-loc"] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pixel_metrics_and_threshold_with_ties_between_defect_levels(seed):
+    """Defect pixels on a coarse grid of levels, defect-free ones on a finer grid: many ties with a defect level and
+    many defect-free values strictly between two defect levels; scikit-learn over every pixel is the truth."""
+    rng = np.random.default_rng(seed)
+    n, h, w = 4, 10, 12
+    masks = np.zeros((n, h, w), bool)
+    masks[:2, 2:6, 3:9] = True
+    maps = (rng.integers(0, 16, masks.shape) / 16).astype(np.float32)  # defect-free levels: sixteenths
+    maps[masks] = (rng.integers(1, 5, int(masks.sum())) / 4).astype(np.float32)  # defect levels: quarters
+    scores = np.array([0.9, 0.8, 0.3, 0.2], np.float32)
+    labels = masks.reshape(n, -1).any(axis=1)
+    result = compute_metrics(scores, labels, maps, masks)
+    pixels = (maps - maps.min()) / (maps.max() - maps.min())
+    assert result["P-AUROC"] == pytest.approx(roc_auc_score(masks.ravel(), pixels.ravel()), abs=1e-12)
+    assert result["AP-loc"] == pytest.approx(average_precision_score(masks.ravel(), pixels.ravel()), abs=1e-12)
+    best = _brute_force_f1_threshold(maps.ravel(), masks.ravel())
+    pixel_threshold = f1_thresholds(scores, labels, maps, masks)["pixel"]
+    below = maps[maps < best]
+    assert pixel_threshold == pytest.approx((best + below.max()) / 2 if below.size else best)

@@ -155,3 +155,20 @@ def test_case_selection_and_display_images():
     rgb = np.array([[[[0, 128, 255]]]], np.uint8)  # [1, 1, 1, 3]
     normalized = (rgb.transpose(0, 3, 1, 2) / 255 - np.reshape(mean, (1, 3, 1, 1))) / np.reshape(std, (1, 3, 1, 1))
     assert np.array_equal(display_rgb(normalized, mean, std), rgb)
+
+
+def test_summary_total_is_the_mean_over_categories(tmp_path):
+    """Three categories with different values: the total is their mean, written to JSON and markdown."""
+    rows = {"bottle": 0.90, "cable": 0.70, "screw": 0.56}
+    results = [
+        {"dataset": "mvtec", "category": name, "regime": "unsupervised", "ratio": None,
+         "metrics": {m: value - 0.01 * k for k, m in enumerate(METRIC_NAMES)}}
+        for name, value in rows.items()
+    ]  # fmt: skip
+    summary = write_summary(results, tmp_path)
+    assert summary["total"]["I-AUROC"] == pytest.approx(0.72)  # (0.90 + 0.70 + 0.56) / 3
+    assert summary["total"]["seg-AP-det"] == pytest.approx(0.72 - 0.06)
+    assert json.loads((tmp_path / "summary.json").read_text())["total"]["AUPRO"] == pytest.approx(0.71)
+    markdown = (tmp_path / "summary.md").read_text()
+    assert re.search(r"\| total \| 72\.0 / 98\.4 \| 71\.0 / 91\.1 \|", markdown)
+    assert re.search(r"\| cable \| 70\.0 / [\d.]+ \| 69\.0 / [\d.]+ \|", markdown)

@@ -4,12 +4,12 @@ dims), `ssn deploy --target trt` fills it from a checkpoint, and engines that do
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from checkout import run_ssn
 from conftest import make_model
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -22,7 +22,6 @@ from pipeline.deploy.deploy import DeployOptions
 from pipeline.deploy.deploy import deploy
 from pipeline.deploy.trt_engine import engine_problems
 
-SSN = str(Path(sys.executable).parent / "ssn")
 CONFIG = ModelConfig(backbone="resnet18", image_size=(96, 64))
 HOST = {"tensorrt": "10.13.3.9", "gpu": "NVIDIA H200", "compute_capability": "9.0"}
 
@@ -143,12 +142,7 @@ def test_engine_checks_on_a_repository(trt_repository):
 
 def test_serve_refuses_what_the_bundled_server_cannot_load(trt_repository):
     """No tritonserver on this host's PATH: `ssn serve` uses the bundled one (python backend only) and says so."""
-    out = subprocess.run(
-        [SSN, "serve", "--model-repository", str(trt_repository), "--bundled"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_ssn("serve", "--model-repository", str(trt_repository), "--bundled", timeout=120)
     assert out.returncode == 2
     assert "model 'supersimplenet_trt' needs the 'tensorrt_plan' backend" in out.stderr and "--target py" in out.stderr
     assert "model 'preprocess'" not in out.stderr  # a python step: the bundled server can run it

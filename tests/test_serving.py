@@ -12,7 +12,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -22,6 +21,8 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
+from checkout import SSN
+from checkout import checkout_env
 from conftest import TINY
 from conftest import make_model
 from frame_samples import encode
@@ -31,19 +32,22 @@ from frame_samples import scene
 from frame_samples import truncated_jpeg
 from frame_samples import undecodable_jpeg
 from frame_samples import valid_frames
+from test_serving_outputs import block_max
 from tritonclient.utils import InferenceServerException
 
 from pipeline import protocol
+from pipeline.checkpoint import load_checkpoint
 from pipeline.checkpoint import save_checkpoint
 from pipeline.deploy.deploy import DeployOptions
 from pipeline.deploy.deploy import deploy_postprocess
 from pipeline.deploy.export import split_forward
+from pipeline.deploy.preprocess import DaliPreprocessor
 from pipeline.deploy.serving import Predictor
 from pipeline.deploy.triton_server import Ports
+from pipeline.folded import FoldedSSN
 from pipeline.images import load_image
 from pipeline.inference import Thresholds
 
-SSN = str(Path(sys.executable).parent / "ssn")
 MODEL = protocol.PYTHON_MODEL
 THRESHOLDS = {"image": 0.99, "pixel": 0.84}  # this random model: scores 0.97-0.995, map median 0.84
 MAX_BATCH = 8
@@ -78,12 +82,13 @@ def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving")
     checkpoint = save_checkpoint(make_model(TINY), tmp / "ck.safetensors", "random", thresholds=THRESHOLDS)
     # a long queue delay makes the merge of concurrent requests deterministic on a busy 2-core machine
-    deploy = [SSN, "deploy", "--checkpoint", str(checkpoint), "--target", "py", "--out", str(tmp / "repo")]
+    deploy = [*SSN, "deploy", "--checkpoint", str(checkpoint), "--target", "py", "--out", str(tmp / "repo")]
     out = subprocess.run(
         [*deploy, "--max-batch-size", str(MAX_BATCH), "--queue-delay-us", "100000"],
         capture_output=True,
         text=True,
         timeout=300,
+        env=checkout_env(),
     )
     assert out.returncode == 0, out.stderr
     # the ensemble's python step too, on a CPU instance: the bundled server can run it
@@ -92,7 +97,7 @@ def served(tmp_path_factory):
     ports = Ports.free()
     log = tmp / "server.log"
     command = [
-        SSN,
+        *SSN,
         "serve",
         "--model-repository",
         str(tmp / "repo"),
@@ -106,7 +111,7 @@ def served(tmp_path_factory):
         str(log),
     ]
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=checkout_env()
     )
     try:
         ready = _wait_for_line(process, "ready:", timeout=240)
@@ -175,6 +180,31 @@ def test_batch_1_equals_in_process(served, predictor, tmp_path):
         assert np.abs(pil.anomaly_map[0, 0].numpy() - want.anomaly_map).max() < 5e-3, name
     assert {w.label for w in expected} == {0, 1}  # the thresholds split these frames
     assert 0 < np.mean([w.mask.mean() for w in expected]) < 1
+
+
+def test_served_equals_the_folded_model_on_the_decoded_tensor(served):
+    """An expectation without Predictor: DALI decode, the folded model built from the checkpoint and called
+    directly, the thresholds and a stride-3 block max (64 x 96 leaves a row) written out in numpy."""
+    model, _ = load_checkpoint(served.checkpoint, map_sigmoid=True)
+    folded = FoldedSSN.from_model(model).eval()
+    decoder = DaliPreprocessor(TINY, 1)
+    for name, data in valid_frames().items():
+        images, errors = decoder([np.frombuffer(data, np.uint8)])
+        assert not errors, name
+        with torch.inference_mode():
+            pred = folded(images)
+        score, prob = float(pred.score[0]), pred.anomaly_map[0, 0].numpy()
+        result = _infer(served, data)
+        got = float(result.as_numpy(protocol.SCORE)[0, 0])
+        assert got == pytest.approx(score, abs=1e-5), name
+        assert result.as_numpy(protocol.LABEL)[0, 0] == int(got >= THRESHOLDS["image"])
+        if abs(score - THRESHOLDS["image"]) > 1e-5:
+            assert int(got >= THRESHOLDS["image"]) == int(score >= THRESHOLDS["image"]), name
+        served_map = result.as_numpy(protocol.ANOMALY_MAP)[0]
+        np.testing.assert_allclose(served_map, prob, atol=1e-5)
+        assert np.array_equal(result.as_numpy(protocol.MASK)[0], (served_map >= THRESHOLDS["pixel"]).astype(np.uint8))
+        pooled = _infer(served, data, parameters={protocol.MAP_STRIDE: 3}).as_numpy(protocol.ANOMALY_MAP)[0]
+        np.testing.assert_allclose(pooled, block_max(prob, 3), atol=1e-5)
 
 
 def _stats(served: Served) -> tuple[int, int]:

@@ -134,20 +134,40 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
 
 
 def onnx_parity(path: str | Path, module: nn.Module, batch: int = 3, seed: int = 0) -> dict[str, float]:
-    """Max |onnxruntime - PyTorch fp32| per output on random normalized images; raises when over tolerance."""
+    """Max |onnxruntime - PyTorch fp32| per output on random normalized images; raises when over tolerance.
+
+    The expectation is the module itself, not the export wrapper: its Prediction for `full`; for `split`, its own
+    split form (score logit, seg logits) and, from the ONNX seg logits, the anomaly-map op against its Prediction's
+    map (reported as `anomaly_map_from_seg_logits`). So a bug in `ExportGraph` fails the check."""
     import onnxruntime as ort
+
+    from kernels import reference
 
     meta = onnx_metadata(path)
     graph, dtype = meta["graph"], meta["dtype"]
-    x = torch.randn(batch, 3, *module.config.image_size, generator=torch.Generator().manual_seed(seed))
+    config = module.config
+    x = torch.randn(batch, 3, *config.image_size, generator=torch.Generator().manual_seed(seed))
+    module.eval()
     with torch.inference_mode():
-        expected = ExportGraph(module.eval(), graph, "fp32")(x)
+        pred = module(x)
+        if graph == "full":
+            expected = {"score_logit": pred.score_logit, "score": pred.score, "anomaly_map": pred.anomaly_map}
+        else:
+            seg_logits, score_logit = split_forward(module, x)
+            expected = {"score_logit": score_logit[:, None], "seg_logits": seg_logits}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(list(OUTPUTS[graph]), {INPUT: x.numpy()})
+    got = dict(zip(OUTPUTS[graph], session.run(list(OUTPUTS[graph]), {INPUT: x.numpy()})))
+    if graph == "split":
+        seg = torch.from_numpy(got["seg_logits"]).float()
+        with torch.inference_mode():
+            got["anomaly_map_from_seg_logits"] = reference.anomaly_map(
+                seg, config.image_size, config.sigma, sigmoid=True, impl="reference"
+            ).numpy()
+        expected["anomaly_map_from_seg_logits"] = pred.anomaly_map
     tol = TOLERANCES[dtype]
     diffs = {}
-    for name, a, b in zip(OUTPUTS[graph], got, expected):
-        b = b.numpy()
+    for name, want in expected.items():
+        a, b = got[name], want.float().numpy()
         if a.shape != b.shape:
             raise AssertionError(f"ONNX output {name!r} has shape {a.shape}, PyTorch {b.shape}")
         diffs[name] = float(np.abs(a - b).max())
