@@ -158,6 +158,7 @@ def _assert_same(result, expected, atol=ATOL):
 
 
 def test_health_and_metadata(served):
+    assert "supersimplenet_py: impl folded as OnnxModule (onnxruntime) on cpu" in served.log.read_text()
     assert served.client.is_server_live() and served.client.is_server_ready() and served.client.is_model_ready(MODEL)
     with urllib.request.urlopen(f"http://127.0.0.1:{served.ports.http}/v2/health/ready", timeout=10) as r:
         assert r.status == 200

@@ -50,8 +50,8 @@ class TritonPythonModel:
             decode_threads=int(params["decode_threads"]),
             torch_threads=int(params["torch_threads"]),
         )
-        runtime = params.get("runtime") or "torch"
-        pb_utils.Logger.log_info(f"supersimplenet_py: impl {params['impl']} ({runtime}) on {device}, folder {folder}")
+        what = f"impl {params['impl']} as {type(module).__name__} ({params.get('runtime') or 'torch'})"
+        pb_utils.Logger.log_info(f"supersimplenet_py: {what} on {device}, folder {folder}")
 
     def execute(self, requests):
         responses = [None] * len(requests)
