@@ -102,10 +102,10 @@ def py_runtime(options: DeployOptions) -> str:
 
 def _export_served_onnx(checkpoint: Path, path: Path, options: DeployOptions) -> Path:
     """The full fp32 graph of `options.impl`, tied to the checkpoint by its sha256 and checked with onnxruntime."""
+    from pipeline.checkpoint import file_sha256
     from pipeline.deploy.export import export_onnx
     from pipeline.deploy.export import onnx_parity
     from pipeline.deploy.onnx_runtime import CHECKPOINT_HASH
-    from pipeline.deploy.onnx_runtime import file_sha256
     from pipeline.inference import load_inference_module
 
     module, _ = load_inference_module(checkpoint, options.impl)

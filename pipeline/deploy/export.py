@@ -158,8 +158,8 @@ def run_export(args) -> int:
 
     if args.max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1, got {args.max_batch}")
+    from pipeline.checkpoint import file_sha256
     from pipeline.deploy.onnx_runtime import CHECKPOINT_HASH
-    from pipeline.deploy.onnx_runtime import file_sha256
 
     module, _ = load_inference_module(args.checkpoint, args.impl)
     metadata = {"impl": args.impl, CHECKPOINT_HASH: file_sha256(args.checkpoint)}  # ties the file to its source

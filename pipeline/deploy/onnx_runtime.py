@@ -13,12 +13,12 @@ An ONNX file is tied to the checkpoint it was exported from by the checkpoint's 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pipeline.checkpoint import file_sha256
 from pipeline.model import Prediction
 
 RUNTIMES = ("torch", "onnxruntime")
@@ -36,14 +36,6 @@ def import_onnxruntime():
     except ImportError as err:
         raise ImportError(f"onnxruntime does not import in this interpreter ({err}); {INSTALL_HINT}") from err
     return onnxruntime
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def session(path: str | Path, threads: int = 0):
