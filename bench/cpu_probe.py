@@ -1,18 +1,18 @@
 """How close to this CPU's limit: its bf16 capability, a GEMM-rate probe at the backbone's shapes, and each
 provider's achieved GMAC/s as a share of that rate (bench/throughput.py prints it after its table).
 
-The probe times `torch.matmul` on [M, K] @ [K, N] for every convolution of the backbone written as the GEMM it is
-(M = batch x output pixels, K = input channels x kernel taps, N = output channels; im2col), once per distinct shape
-per repeat, and reports total MACs / total time: the sustained rate of the library's GEMM on exactly the work the
-backbone does, in fp32 and, where the CPU has native bf16 (AVX512-BF16 or AMX-BF16), in bf16. A provider's GMAC/s
-counts the MACs each one executes per image (`ssn info`; pipeline/stats.py provider_macs), so a provider that does
-less arithmetic for the same outputs can exceed 100 % of the backbone GEMM rate only by being cleverer than it.
+The probe is every convolution of the backbone written as the GEMM it is (im2col: M = batch x output pixels,
+K = input channels x kernel taps, N = output channels), each shape multiplied with `torch.matmul` as often as the
+backbone runs it: one pass = the backbone's MACs as plain GEMMs. bench/throughput.py times a pass per dtype (fp32,
+and bf16 where the CPU has AVX512-BF16 or AMX-BF16) as one more call in its interleaved rounds, so the probe and the
+providers see the same load; MACs / median time = this machine's sustained GEMM rate on the backbone's work. A
+provider's GMAC/s counts the MACs it executes per image (`ssn info`; pipeline/stats.py provider_macs) over its
+median time; the percentage is that over the probe's rate: memory-bound steps (resampling, postprocess) lower it,
+and direct convolutions can beat im2col GEMMs, so a backbone may exceed 100 %.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -75,39 +75,48 @@ def backbone_gemms(backbone: nn.Module, image_size: tuple[int, int], batch: int)
     return shapes
 
 
-def gemm_rate(shapes: Counter, dtype: torch.dtype, repeats: int = 3) -> float:
-    """Sustained GMAC/s of torch.matmul over `shapes` (each weighted by its count; median of `repeats` per shape)."""
-    total_macs, total_seconds = 0, 0.0
-    with torch.inference_mode():
-        for (m, k, n), count in shapes.items():
-            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-            a @ b  # warm-up: oneDNN builds its kernel for this shape
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                a @ b
-                times.append(time.perf_counter() - start)
-            total_macs += count * m * k * n
-            total_seconds += count * statistics.median(times)
-    return total_macs / total_seconds / 1e9
-
-
-def probe(backbone: nn.Module, image_size: tuple[int, int], batches: list[int], dtypes: list[str]) -> dict:
-    """{'cpu': ..., 'rates': {dtype: {batch: GMAC/s}}, 'gmacs': {batch: backbone GMACs}} for the swept batches."""
-    rates = {d: {} for d in dtypes}
-    gmacs = {}
-    for batch in batches:
-        shapes = backbone_gemms(backbone, image_size, batch)
-        gmacs[batch] = sum(c * m * k * n for (m, k, n), c in shapes.items()) / 1e9
-        for d in dtypes:
-            rates[d][batch] = gemm_rate(shapes, DTYPES[d])
-    return {"cpu": describe_cpu(), "backbone": backbone.name, "rates": rates, "gmacs": gmacs}
-
-
 def probe_dtypes(run_dtype: str) -> list[str]:
     """fp32 always, bf16 too where the CPU runs it natively (so each run shows both ceilings), and the run's dtype."""
     dtypes = ["fp32"] + (["bf16"] if bf16_problem() is None else [])
     return dtypes if run_dtype in dtypes else [*dtypes, run_dtype]
+
+
+PROBE = "gemm-probe"  # provider name of the probe's rows in the results
+
+
+def probe_calls(backbone: nn.Module, image_size: tuple[int, int], batch: int, dtypes: list[str]) -> dict:
+    """{(PROBE, dtype): one pass over the backbone's GEMMs (each shape as often as the backbone runs it)}.
+
+    bench/throughput.py times these in the same interleaved rounds as the providers, so a load change on a shared
+    machine hits the probe and the providers alike and the percentages stay meaningful."""
+    shapes = backbone_gemms(backbone, image_size, batch)
+    calls = {}
+    for name in dtypes:
+        operands = [
+            (torch.randn(m, k, dtype=DTYPES[name]), torch.randn(k, n, dtype=DTYPES[name]), count)
+            for (m, k, n), count in shapes.items()
+        ]
+
+        def one_pass(operands=operands) -> None:
+            for a, b, count in operands:
+                for _ in range(count):
+                    a @ b
+
+        calls[(PROBE, name)] = one_pass
+    return calls
+
+
+def limits(backbone: nn.Module, image_size: tuple[int, int], results: list[dict]) -> dict:
+    """{'cpu', 'backbone', 'gmacs': {batch: backbone GMACs}, 'rates': {dtype: {batch: GMAC/s}}} from the probe rows."""
+    rates, gmacs = {}, {}
+    for r in results:
+        if r["provider"] == PROBE:
+            batch = r["batch"]
+            if batch not in gmacs:
+                shapes = backbone_gemms(backbone, image_size, batch)
+                gmacs[batch] = sum(c * m * k * n for (m, k, n), c in shapes.items()) / 1e9
+            rates.setdefault(r["stage"], {})[batch] = gmacs[batch] / (r["median_ms"] / 1e3)
+    return {"cpu": describe_cpu(), "backbone": backbone.name, "gmacs": gmacs, "rates": rates}
 
 
 def limit_rows(results: list[dict], macs: dict[str, dict[str, int]], rates: dict[int, float]) -> list[list]:
@@ -128,16 +137,16 @@ def limit_rows(results: list[dict], macs: dict[str, dict[str, int]], rates: dict
 def report_limits(payload: dict, providers: list[str]) -> None:
     from bench.harness import print_table
 
-    limits = payload.get("limits")
-    if not limits:
+    found = payload.get("limits")
+    if not found or not found["rates"]:
         return
     dtype = payload["dtype"]
-    print(f"\nCPU: {limits['cpu']}")
-    for batch, gmacs in limits["gmacs"].items():
-        rates = ", ".join(f"{d} {r[batch]:.0f} GMAC/s" for d, r in limits["rates"].items())
-        print(f"GEMM probe, batch {batch} ({limits['backbone']} convs as GEMMs, {gmacs:.1f} GMAC): {rates}")
+    print(f"\nCPU: {found['cpu']}")
+    for batch, gmacs in found["gmacs"].items():
+        rates = ", ".join(f"{d} {r[batch]:.0f} GMAC/s" for d, r in found["rates"].items())
+        print(f"GEMM probe, batch {batch} ({found['backbone']} convs as GEMMs, {gmacs:.1f} GMAC): {rates}")
     results = [r for r in payload["results"] if r["stage"] in ("e2e", "backbone")]
     results.sort(key=lambda r: (r["batch"], providers.index(r["provider"]), r["stage"] != "e2e"))
-    rows = limit_rows(results, limits["macs"], limits["rates"][dtype])
+    rows = limit_rows(results, found["macs"], found["rates"][dtype])
     headers = ["provider", "batch", "stage", "img/s", "GMAC/img", "GMAC/s", f"% of {dtype} GEMM rate"]
     print_table(headers, rows)

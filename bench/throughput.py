@@ -242,6 +242,7 @@ def run(args: argparse.Namespace) -> dict:
     modules = {p: modules[p] for p in args.providers if p in modules}
     if not modules:
         raise SystemExit("no provider left to time: " + "; ".join(notes))
+    probe_dtypes = cpu_probe.probe_dtypes(args.dtype) if device.type == "cpu" and not args.no_probe else []
     results = []
     for batch in args.batch:
         x = torch.randn(batch, 3, *config.image_size, device=device, dtype=DTYPES[args.dtype])
@@ -250,6 +251,8 @@ def run(args: argparse.Namespace) -> dict:
             for provider, module in modules.items()
             for stage, fn in stage_calls(select(module, provider), x).items()
         }
+        if probe_dtypes:  # the GEMM-rate probe, timed in the same rounds as the providers
+            calls |= cpu_probe.probe_calls(model.backbone, config.image_size, batch, probe_dtypes)
         for (provider, stage), times in time_interleaved(calls, device, args.warmup, args.repeats).items():
             results.append({"provider": provider, "batch": batch, "stage": stage, **summarize(times, batch)})
         absolute, relative = output_diffs(modules, x)
@@ -265,8 +268,8 @@ def run(args: argparse.Namespace) -> dict:
         if fp32_model is not None:
             results += drift_from_fp32(modules, fp32_model, x)
     payload = {"preset": preset.name, "dtype": args.dtype, "env": environment(device), "providers": list(modules)}
-    if device.type == "cpu" and not args.no_probe:
-        limits = cpu_probe.probe(model.backbone, config.image_size, args.batch, cpu_probe.probe_dtypes(args.dtype))
+    if probe_dtypes:
+        limits = cpu_probe.limits(model.backbone, config.image_size, results)
         payload["limits"] = limits | {"macs": provider_macs(config)}
     return payload | {"notes": notes, "results": results}
 
@@ -341,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(PROVIDERS),
         help="inference formulations to time; ratios are against the first",
     )
-    parser.add_argument("--no-probe", action="store_true", help="skip the GEMM-rate probe (CPU; a few seconds)")
+    parser.add_argument("--no-probe", action="store_true", help="CPU: skip the GEMM-rate probe (one backbone's work)")
     parser.add_argument(
         "--compile-backbone",
         action="store_true",
