@@ -1,14 +1,17 @@
 """Served vs in-process throughput and latency of `supersimplenet_py` (JPEG frames in, score + map out).
 
-    python bench/serve.py                      # tiny preset on CPU, about 2 minutes on 2 cores
+    python bench/serve.py                      # tiny preset on CPU, both runtimes, about 4 minutes on 2 cores
+    python bench/serve.py --preset mvtec --runtime onnxruntime torch --concurrency 1 4 --max-batch 8
     python bench/serve.py --preset mvtec --device gpu --concurrency 1 4 16 64 --max-batch 64
 
 Both sides run the same code (`pipeline.deploy.serving.Predictor`: DALI decode, the inference module, postprocess) on
-the same JPEG frames. In-process: one caller, batches of min(concurrency, max batch). Served: a real tritonserver
-(`ssn serve`'s launcher) on loopback ports, `concurrency` clients (tritonclient.grpc.aio), one frame per request,
-merged by the dynamic batcher. The ratio column is served / in-process frames/s at the same concurrency; the
-client runs on the same host, so on a small CPU it competes with the server for cores. Random backbone weights
-(timing only). Target on 2 CPU cores, tiny preset: served >= 80% of in-process.
+the same JPEG frames, with the module the python model loads from the deployed repository (`served_module`): per
+`--runtime`, the PyTorch module (`torch`) or its exported ONNX graph under onnxruntime (`onnxruntime`, CPU only).
+In-process: one caller, batches of min(concurrency, max batch). Served: a real tritonserver (`ssn serve`'s
+launcher) on loopback ports, `concurrency` clients (tritonclient.grpc.aio), one frame per request, merged by the
+dynamic batcher. The ratio column is served / in-process frames/s of the same runtime at the same concurrency; the
+client runs on the same host, so on a small CPU it competes with the server for cores. The last lines compare the
+runtimes. Random backbone weights (timing only). Target on 2 CPU cores, tiny preset: served >= 80% of in-process.
 """
 
 from __future__ import annotations
@@ -35,12 +38,17 @@ from pipeline.backbone import load_backbone  # noqa: E402
 from pipeline.checkpoint import save_checkpoint  # noqa: E402
 from pipeline.config import PRESETS  # noqa: E402
 from pipeline.config import get_preset  # noqa: E402
+from pipeline.deploy import repository  # noqa: E402
+from pipeline.deploy.deploy import DEFAULT_RUNTIME  # noqa: E402
 from pipeline.deploy.deploy import DeployOptions  # noqa: E402
 from pipeline.deploy.deploy import deploy  # noqa: E402
+from pipeline.deploy.onnx_runtime import RUNTIMES  # noqa: E402
 from pipeline.deploy.serving import Predictor  # noqa: E402
+from pipeline.deploy.serving import served_module  # noqa: E402
 from pipeline.deploy.triton_server import TritonProcess  # noqa: E402
 from pipeline.inference import DEFAULT_IMPL  # noqa: E402
 from pipeline.inference import INFERENCE_IMPLS  # noqa: E402
+from pipeline.inference import Thresholds  # noqa: E402
 from pipeline.model import SuperSimpleNet  # noqa: E402
 
 
@@ -119,6 +127,37 @@ async def served(url: str, frames: list[bytes], concurrency: int, seconds: float
     return summarize(latencies, sum(counts), elapsed) | {"server_batch": inferences / max(executions, 1)}
 
 
+def run_runtime(args, runtime: str, checkpoint: Path, frames: list[bytes], tmp: Path) -> list[dict]:
+    """In-process and served rows of one runtime: deploy, load what the python model loads, then serve it."""
+    options = DeployOptions(
+        target="py",
+        impl=args.impl,
+        device=args.device,
+        runtime=runtime,
+        max_batch_size=args.max_batch,
+        queue_delay_us=args.queue_delay_us,
+        torch_threads=args.threads,
+    )
+    repo = tmp / f"repo-{runtime}"
+    deploy(checkpoint, repo, options)
+    folder = repo / protocol.PYTHON_MODEL
+    params = repository.parameters(repository.load_config(folder / "config.pbtxt"))
+    device = "cuda" if args.device == "gpu" else "cpu"
+    module = served_module(folder / "1", params, device)
+    predictor = Predictor(module, Thresholds(), args.max_batch, device, torch_threads=args.threads)
+    rows = []
+    for concurrency in args.concurrency:
+        batch = min(concurrency, args.max_batch)
+        row = in_process(predictor, frames, batch, args.seconds)
+        rows.append({"runtime": runtime, "mode": "in-process", "concurrency": concurrency, "batch": batch, **row})
+    del predictor, module
+    with TritonProcess(repo, log_path=tmp / f"server-{runtime}.log") as server:
+        for concurrency in args.concurrency:
+            row = asyncio.run(served(server.grpc_url, frames, concurrency, args.seconds))
+            rows.append({"runtime": runtime, "mode": "served", "concurrency": concurrency, **row})
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict:
     preset = get_preset(args.preset)
     device = "cuda" if args.device == "gpu" else "cpu"
@@ -128,35 +167,18 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = SuperSimpleNet(preset.model, backbone).eval()
     frames = make_frames(*(args.frame_size or preset.model.image_size), count=32)
+    runtimes = args.runtime or ([*RUNTIMES] if args.device == "cpu" else [DEFAULT_RUNTIME[args.device]])
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = save_checkpoint(model, Path(tmp) / "bench.safetensors", "random")
-        options = DeployOptions(
-            target="py",
-            impl=args.impl,
-            device=args.device,
-            max_batch_size=args.max_batch,
-            queue_delay_us=args.queue_delay_us,
-            torch_threads=args.threads,
-        )
-        deploy(checkpoint, Path(tmp) / "repo", options)
-        predictor = Predictor.from_checkpoint(
-            checkpoint, args.impl, device, max_batch_size=args.max_batch, torch_threads=args.threads
-        )
-        for concurrency in args.concurrency:
-            batch = min(concurrency, args.max_batch)
-            row = in_process(predictor, frames, batch, args.seconds)
-            results.append({"mode": "in-process", "concurrency": concurrency, "batch": float(batch), **row})
-        del predictor
-        with TritonProcess(Path(tmp) / "repo", log_path=Path(tmp) / "server.log") as server:
-            for concurrency in args.concurrency:
-                row = asyncio.run(served(server.grpc_url, frames, concurrency, args.seconds))
-                results.append({"mode": "served", "concurrency": concurrency, **row})
+        for runtime in runtimes:
+            results += run_runtime(args, runtime, checkpoint, frames, Path(tmp))
     env = environment(torch.device(device))
     size = list(args.frame_size or preset.model.image_size)
     return {
         "preset": preset.name,
         "impl": args.impl,
+        "runtimes": runtimes,
         "frame_size": size,
         "max_batch": args.max_batch,
         "env": env,
@@ -165,9 +187,11 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def report(payload: dict) -> None:
-    base = {r["concurrency"]: r["frames_per_s"] for r in payload["results"] if r["mode"] == "in-process"}
+    results = payload["results"]
+    base = {(r["runtime"], r["concurrency"]): r["frames_per_s"] for r in results if r["mode"] == "in-process"}
     rows = [
         [
+            r["runtime"],
             r["mode"],
             r["concurrency"],
             r.get("batch", r.get("server_batch")),
@@ -175,19 +199,28 @@ def report(payload: dict) -> None:
             r["p50_ms"],
             r["p95_ms"],
             r["p99_ms"],
-            r["frames_per_s"] / base[r["concurrency"]],
+            r["frames_per_s"] / base[(r["runtime"], r["concurrency"])],
         ]
-        for r in payload["results"]
+        for r in results
     ]
     env = payload["env"]
     print(
         f"preset {payload['preset']} (impl {payload['impl']}), frames {payload['frame_size']} JPEG, "
         f"max batch {payload['max_batch']}, {env['device']} ({env.get('gpu', env['cpu'])}, {env['cpu_count']} CPUs)"
     )
-    print_table(["mode", "concurrency", "avg batch", "frames/s", "p50_ms", "p95_ms", "p99_ms", "x in-process"], rows)
-    served = [r for r in rows if r[0] == "served"]
-    best = max(r[3] for r in served) / max(base.values())
-    print(f"best served / best in-process frames/s: {best:.2f} (target >= 0.80 on 2 CPU cores, tiny preset)")
+    headers = ["runtime", "mode", "concurrency", "avg batch", "frames/s", "p50_ms", "p95_ms", "p99_ms", "x in-process"]
+    print_table(headers, rows)
+    best = {}
+    for runtime in payload["runtimes"]:
+        served = [r["frames_per_s"] for r in results if r["runtime"] == runtime and r["mode"] == "served"]
+        local = [r["frames_per_s"] for r in results if r["runtime"] == runtime and r["mode"] == "in-process"]
+        best[runtime] = max(served)
+        ratio = max(served) / max(local)
+        print(f"{runtime}: best served / best in-process frames/s: {ratio:.2f} (target >= 0.80 on 2 CPU cores, tiny)")
+    if len(best) > 1:
+        first, *others = payload["runtimes"]
+        for other in others:
+            print(f"best served frames/s, {other} / {first}: {best[other] / best[first]:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="tiny", help=f"one of: {', '.join(PRESETS)}")
     parser.add_argument("--impl", default=DEFAULT_IMPL, choices=INFERENCE_IMPLS, help="inference module")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the model runs")
+    parser.add_argument(
+        "--runtime",
+        nargs="+",
+        choices=list(RUNTIMES),
+        help="served module(s), compared in one run: torch, onnxruntime (CPU only); default: both on cpu, torch on gpu",
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients")
     parser.add_argument("--max-batch", type=int, default=16, help="Triton max_batch_size (and in-process cap)")
     parser.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batcher queue delay")
@@ -205,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.concurrency) < 1 or args.max_batch < 1 or args.seconds <= 0:
         parser.error("--concurrency and --max-batch must be >= 1, --seconds > 0")
+    if args.device == "gpu" and "onnxruntime" in (args.runtime or []):
+        parser.error("--runtime onnxruntime runs on CPU only (onnxruntime's CPU execution provider)")
     payload = run(args)
     report(payload)
     print(f"JSON: {write_json(args.json, payload)}")

@@ -11,6 +11,7 @@ backbone is rebuilt from `backbone_weights` (or an explicit override) at load ti
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -77,6 +78,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     except OSError:
         pass
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in blocks (ties resume state and exported graphs to their checkpoint)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

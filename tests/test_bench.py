@@ -37,7 +37,7 @@ def test_throughput_table_and_json(tmp_path):
     assert data["preset"] == "tiny" and data["env"]["device"] == "cpu"
     timed = [r for r in data["results"] if r["stage"] != "max_diff"]
     keys = {(r["provider"], r["batch"], r["stage"]) for r in timed}
-    common = ("backbone", "feat+heads", "postprocess", "e2e")
+    common = ("backbone", "feat+heads", "seg+score", "postprocess", "e2e")
     stages = {"reference": ("feature", "heads"), "fast-cpu": ("feature", "heads"), "folded": ("seg", "cls")}
     assert keys == {(p, b, s) for p, own in stages.items() for b in (1, 2) for s in (*common, *own)}
     assert all(r["median_ms"] > 0 and r["p99_ms"] >= r["median_ms"] for r in timed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ def test_export_cli_full_fp32(tmp_path):
         "max_batch": "8",
         "impl": DEFAULT_IMPL,
         "config": "",
+        "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),  # ties the file to its source
     }
     for batch in (1, 5):
         x = torch.randn(batch, 3, *TINY.image_size)

@@ -1,9 +1,12 @@
 """A real tritonserver (started by `ssn serve` on free loopback ports) serving `supersimplenet_py` from a repository
 made by `ssn deploy`: health, results equal to in-process inference, dynamic batching, bad input, clean stop.
 
-Tolerance: served vs in-process `Predictor` (the same DALI decode and module, other batch compositions):
-1e-5 on scores and maps. Served vs the Pillow path of `ssn infer` (another JPEG decoder): see test_preprocess.py
-for the input difference; here scores within 1e-3 and maps within 5e-3 (measured: 1e-5 and 7e-4).
+The repository is `ssn deploy --target py`'s default on CPU: the folded graph exported to ONNX, run by onnxruntime
+inside the python model. Tolerance: served vs in-process PyTorch `Predictor` (the same DALI decode, the module as
+PyTorch, other batch compositions): 1e-4 on scores and maps (the fp32 export tolerance); labels and mask pixels equal
+wherever the in-process value is more than that from its threshold. Served vs the Pillow path of `ssn infer`
+(another JPEG decoder): see test_preprocess.py for the input difference; here scores within 1e-3 and maps within
+5e-3 (measured: 1e-5 and 7e-4).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from pipeline.inference import Thresholds
 MODEL = protocol.PYTHON_MODEL
 THRESHOLDS = {"image": 0.99, "pixel": 0.84}  # this random model: scores 0.97-0.995, map median 0.84
 MAX_BATCH = 8
+ATOL = 1e-4  # served onnxruntime graph vs in-process PyTorch (pipeline/deploy/export.py TOLERANCES["fp32"])
 
 
 class Served:
@@ -91,6 +95,7 @@ def served(tmp_path_factory):
         env=checkout_env(),
     )
     assert out.returncode == 0, out.stderr
+    assert "impl folded on onnxruntime" in out.stdout  # the CPU default: the ONNX graph under onnxruntime
     # the ensemble's python step too, on a CPU instance: the bundled server can run it
     options = DeployOptions(max_batch_size=MAX_BATCH)
     deploy_postprocess(tmp / "repo", TINY, Thresholds(**THRESHOLDS), options, kind="KIND_CPU")
@@ -144,16 +149,21 @@ def _infer(served: Served, data: bytes, **kwargs):
     return served.client.infer(MODEL, _inputs(data), **kwargs)
 
 
-def _assert_same(result, expected, atol=1e-5):
+def _assert_same(result, expected, atol=ATOL):
     assert result.as_numpy(protocol.SCORE).shape == (1, 1)
-    np.testing.assert_allclose(result.as_numpy(protocol.SCORE)[0, 0], expected.score, atol=atol)
-    assert result.as_numpy(protocol.LABEL)[0, 0] == expected.label == int(expected.score >= THRESHOLDS["image"])
-    np.testing.assert_allclose(result.as_numpy(protocol.ANOMALY_MAP)[0], expected.anomaly_map, atol=atol)
+    np.testing.assert_allclose(result.as_numpy(protocol.SCORE)[0, 0], expected.score, atol=atol, rtol=0)
+    assert expected.label == int(expected.score >= THRESHOLDS["image"])
+    if abs(expected.score - THRESHOLDS["image"]) > atol:  # a score within atol of the threshold may go either way
+        assert result.as_numpy(protocol.LABEL)[0, 0] == expected.label
+    np.testing.assert_allclose(result.as_numpy(protocol.ANOMALY_MAP)[0], expected.anomaly_map, atol=atol, rtol=0)
     mask = result.as_numpy(protocol.MASK)[0]
-    assert mask.dtype == np.uint8 and np.array_equal(mask, expected.mask)
+    clear = np.abs(expected.anomaly_map - THRESHOLDS["pixel"]) > atol
+    assert mask.dtype == np.uint8 and mask.shape == expected.mask.shape
+    assert np.array_equal(mask[clear], expected.mask[clear]) and clear.mean() > 0.9
 
 
 def test_health_and_metadata(served):
+    assert "supersimplenet_py: impl folded as OnnxModule (onnxruntime) on cpu" in served.log.read_text()
     assert served.client.is_server_live() and served.client.is_server_ready() and served.client.is_model_ready(MODEL)
     with urllib.request.urlopen(f"http://127.0.0.1:{served.ports.http}/v2/health/ready", timeout=10) as r:
         assert r.status == 200
@@ -247,13 +257,13 @@ def test_map_stride_and_requested_outputs(served, predictor):
     full = predictor.predict([data])[0]
     pooled = _infer(served, data, parameters={protocol.MAP_STRIDE: 4})
     want = torch.nn.functional.max_pool2d(torch.from_numpy(full.anomaly_map)[None], 4, ceil_mode=True)[0]
-    np.testing.assert_allclose(pooled.as_numpy(protocol.ANOMALY_MAP)[0], want.numpy(), atol=1e-5)
+    np.testing.assert_allclose(pooled.as_numpy(protocol.ANOMALY_MAP)[0], want.numpy(), atol=ATOL, rtol=0)
     assert pooled.as_numpy(protocol.MASK).shape == (1, *want.shape)
     none = _infer(served, data, parameters={protocol.MAP_STRIDE: 0})
     assert none.as_numpy(protocol.ANOMALY_MAP).shape == (1, 0, 0) and none.as_numpy(protocol.MASK).shape == (1, 0, 0)
     only = _infer(served, data, outputs=[grpcclient.InferRequestedOutput(protocol.SCORE)])
     assert only.as_numpy(protocol.ANOMALY_MAP) is None and only.as_numpy(protocol.SCORE)[0, 0] == pytest.approx(
-        full.score, abs=1e-5
+        full.score, abs=ATOL
     )
 
 

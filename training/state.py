@@ -11,7 +11,6 @@ the hash matches. The final checkpoint `--out` is written the same way, once, at
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from collections import Counter
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from pipeline.checkpoint import atomic_write
+from pipeline.checkpoint import file_sha256
 
 STATE_FORMAT = "supersimplenet-train-state/1"
 _PAIR = re.compile(r"^epoch_(\d+)\.state\.pt$")
@@ -62,14 +62,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_dir(out: str | Path) -> Path:

@@ -1,6 +1,8 @@
 """`ssn deploy`: fill a Triton model repository from a checkpoint and the templates in `model_repository/`.
 
-    --target py   supersimplenet_py: the checkpoint + the python adapter (CPU or GPU; any tritonserver)
+    --target py   supersimplenet_py: the checkpoint + the python adapter (CPU or GPU; any tritonserver); on CPU the
+                  module runs as the exported ONNX graph under onnxruntime (`--runtime onnxruntime`, the default
+                  there: measured fastest, README "CPU speed") or as PyTorch (`--runtime torch`, the GPU default)
     --target trt  the ensemble supersimplenet = preprocess (python: header checks + DALI GPU decode) ->
                   supersimplenet_trt (ONNX, and the TensorRT plan when `tensorrt` imports here) -> postprocess
                   (python), for one NGC tritonserver release (--triton-release; pipeline/deploy/triton_release.py)
@@ -19,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.deploy import repository as repo
+from pipeline.deploy.onnx_runtime import RUNTIMES
 from pipeline.deploy.repository import RepositoryError
 from pipeline.inference import DEFAULT_IMPL
 
 TARGETS = {"py": ("supersimplenet_py",), "trt": ("preprocess", "supersimplenet_trt", "postprocess", "supersimplenet")}
+DEFAULT_RUNTIME = {"cpu": "onnxruntime", "gpu": "torch"}  # py target; CPU: the faster one measured (README)
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class DeployOptions:
     target: str = "py"
     impl: str = DEFAULT_IMPL
     device: str = "cpu"  # py target: KIND_CPU or KIND_GPU instances
+    runtime: str | None = None  # py target: "torch" or "onnxruntime" (CPU only); None: DEFAULT_RUNTIME[device]
     max_batch_size: int = 16
     queue_delay_us: int = 2000
     instances: int = 1
@@ -84,15 +89,49 @@ def _warm_max_batch(config, options: DeployOptions) -> None:
     extra.batch_size = options.max_batch_size
 
 
+def py_runtime(options: DeployOptions) -> str:
+    if options.device not in DEFAULT_RUNTIME:
+        raise ValueError(f"device={options.device!r} is unknown; accepted: {', '.join(DEFAULT_RUNTIME)}")
+    runtime = options.runtime or DEFAULT_RUNTIME[options.device]
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime={runtime!r} is unknown; accepted: {', '.join(RUNTIMES)}")
+    if runtime == "onnxruntime" and options.device != "cpu":
+        raise ValueError(
+            "--runtime onnxruntime serves on CPU instances only (onnxruntime's CPU execution provider); "
+            "on a GPU use --runtime torch or --target trt"
+        )
+    return runtime
+
+
+def _export_served_onnx(checkpoint: Path, path: Path, options: DeployOptions) -> Path:
+    """The full fp32 graph of `options.impl`, tied to the checkpoint by its sha256 and checked with onnxruntime."""
+    from pipeline.checkpoint import file_sha256
+    from pipeline.deploy.export import export_onnx
+    from pipeline.deploy.export import onnx_parity
+    from pipeline.deploy.onnx_runtime import CHECKPOINT_HASH
+    from pipeline.inference import load_inference_module
+
+    module, _ = load_inference_module(checkpoint, options.impl)
+    metadata = {"impl": options.impl, CHECKPOINT_HASH: file_sha256(checkpoint)}
+    export_onnx(module, path, "full", "fp32", options.max_batch_size, metadata)
+    onnx_parity(path, module)  # raises beyond the fp32 tolerance
+    return path
+
+
 def deploy_py(checkpoint: Path, out: Path, model_config, metadata, options: DeployOptions) -> list[str]:
+    runtime = py_runtime(options)
     target, config = _copy_template("supersimplenet_py", out, options.force)
     shutil.copy2(checkpoint, target / "1" / "model.safetensors")
+    if runtime == "onnxruntime":
+        _export_served_onnx(checkpoint, target / "1" / "model.onnx", options)
     _batching(config, options, options.queue_delay_us)
     _instances(config, "KIND_GPU" if options.device == "gpu" else "KIND_CPU", options.instances)
     thresholds = _thresholds(metadata, options)
     for key, value in {
         "checkpoint": "model.safetensors",
         "impl": options.impl,
+        "runtime": runtime,
+        "onnx": "model.onnx" if runtime == "onnxruntime" else "",
         "image_threshold": thresholds.image,
         "pixel_threshold": thresholds.pixel,
         "map_stride": options.map_stride,
@@ -103,7 +142,10 @@ def deploy_py(checkpoint: Path, out: Path, model_config, metadata, options: Depl
     if options.device == "gpu":
         _warm_max_batch(config, options)
     repo.save_config(config, target / "config.pbtxt")
-    return [f"{target.name}: {model_config.backbone} at {model_config.image_size}, thresholds {thresholds}"]
+    return [
+        f"{target.name}: {model_config.backbone} at {model_config.image_size}, impl {options.impl} on {runtime}, "
+        f"thresholds {thresholds}"
+    ]
 
 
 def deploy_trt(checkpoint: Path, out: Path, model_config, metadata, options: DeployOptions) -> list[str]:
@@ -228,7 +270,7 @@ INT_FLAGS = {
     "max_batch_size": "Triton max_batch_size (= TensorRT profile max)",
     "queue_delay_us": "dynamic batcher's max_queue_delay_microseconds (py target; GPU steps use at most 500)",
     "instances": "model instances (py model / TensorRT step)",
-    "torch_threads": "py target: torch threads per instance (0: torch's default)",
+    "torch_threads": "py target: intra-op threads per instance, torch or onnxruntime (0: torch's default)",
     "map_stride": "default map stride: 1 full size, k>1 max over k x k blocks, 0 no map (clients override it)",
     "max_image_pixels": "frames whose header claims more pixels are refused before decoding",
 }
@@ -248,6 +290,12 @@ def configure_deploy(parser) -> None:
     parser.add_argument("--out", required=True, help="model repository folder to fill (created if missing)")
     parser.add_argument("--impl", default=DEFAULT_IMPL, choices=INFERENCE_IMPLS, help="inference module served")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="py target: instance kind")
+    parser.add_argument(
+        "--runtime",
+        choices=list(RUNTIMES),
+        help="py target: run the module as PyTorch, or as its ONNX graph under onnxruntime (CPU only); "
+        f"default: {DEFAULT_RUNTIME['cpu']} on cpu (measured faster, README), {DEFAULT_RUNTIME['gpu']} on gpu",
+    )
     for field, text in INT_FLAGS.items():
         parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field), help=text)
     parser.add_argument(
@@ -273,6 +321,7 @@ def run_deploy(args) -> int:
         target=args.target,
         impl=args.impl,
         device=args.device,
+        runtime=args.runtime,
         dtype=args.dtype,
         build_engine=not args.no_engine,
         triton_release=args.triton_release,

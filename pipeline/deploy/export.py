@@ -199,8 +199,12 @@ def run_export(args) -> int:
 
     if args.max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1, got {args.max_batch}")
+    from pipeline.checkpoint import file_sha256
+    from pipeline.deploy.onnx_runtime import CHECKPOINT_HASH
+
     module, _ = load_inference_module(args.checkpoint, args.impl)
-    path = export_onnx(module, args.out, args.graph, args.dtype, args.max_batch, {"impl": args.impl})
+    metadata = {"impl": args.impl, CHECKPOINT_HASH: file_sha256(args.checkpoint)}  # ties the file to its source
+    path = export_onnx(module, args.out, args.graph, args.dtype, args.max_batch, metadata)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, graph {args.graph}, {args.dtype}, impl {args.impl})")
     if not args.no_check:
         diffs = onnx_parity(path, module)

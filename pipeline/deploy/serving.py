@@ -68,6 +68,29 @@ def finish_logits(
     return [finish_frame(score, maps.get(row), thresholds, strides[row]) for row, score in enumerate(scores)]
 
 
+def served_module(folder, params: dict[str, str], device: str = "cpu"):
+    """The inference module a python-backend model serves, from its version `folder` and config parameters:
+    the checkpoint as PyTorch (`runtime` torch, the default) or its exported ONNX graph under onnxruntime."""
+    from pathlib import Path
+
+    from pipeline.deploy.onnx_runtime import RUNTIMES
+
+    folder = Path(folder)
+    runtime = params.get("runtime") or "torch"
+    if runtime not in RUNTIMES:
+        raise ValueError(f"config parameter runtime={runtime!r} is unknown; accepted: {', '.join(RUNTIMES)}")
+    checkpoint = folder / params["checkpoint"]
+    if runtime == "torch":
+        return load_inference_module(checkpoint, params["impl"], device)[0]
+    if device != "cpu":
+        raise ValueError(f"runtime onnxruntime serves on CPU instances only, this instance is on {device}")
+    if not params.get("onnx"):
+        raise ValueError("runtime onnxruntime needs the config parameter 'onnx' (the graph file; `ssn deploy` sets it)")
+    from pipeline.deploy.onnx_runtime import load_onnx_module
+
+    return load_onnx_module(folder / params["onnx"], checkpoint, int(params.get("torch_threads") or 0))
+
+
 class Predictor:
     """Encoded frames -> per-frame FrameOutput or FrameError, in batches of at most `max_batch_size`."""
 

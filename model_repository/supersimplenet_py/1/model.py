@@ -6,9 +6,10 @@ requests the dynamic batcher merged and returns exactly one response per request
 one or more frames (input IMAGE, [n, nbytes]); a request with a bad frame gets an error response naming the frame
 and the problem, and the other requests of the batch are answered normally.
 
-Parameters (config.pbtxt, filled by `ssn deploy`): checkpoint (file in this folder), impl, image_threshold,
-pixel_threshold, map_stride, max_image_pixels, decode_threads, torch_threads. The instance kind picks the device:
-KIND_CPU runs everything on CPU; KIND_GPU decodes with DALI "mixed" and runs the module on that GPU.
+Parameters (config.pbtxt, filled by `ssn deploy`): checkpoint (file in this folder), impl, runtime (torch, or
+onnxruntime: the exported graph `onnx`, checked against the checkpoint), image_threshold, pixel_threshold, map_stride,
+max_image_pixels, decode_threads, torch_threads. The instance kind picks the device: KIND_CPU runs everything on CPU;
+KIND_GPU decodes with DALI "mixed" and runs the module on that GPU.
 """
 
 import os
@@ -23,6 +24,7 @@ import triton_python_backend_utils as pb_utils
 
 from pipeline import protocol
 from pipeline.deploy.serving import Predictor
+from pipeline.deploy.serving import served_module
 from pipeline.deploy.triton_io import answer_requests
 from pipeline.deploy.triton_io import error_response
 from pipeline.deploy.triton_io import instance_device
@@ -31,15 +33,14 @@ from pipeline.deploy.triton_io import outputs_response
 from pipeline.deploy.triton_io import request_frames
 from pipeline.deploy.triton_io import request_map_stride
 from pipeline.inference import Thresholds
-from pipeline.inference import load_inference_module
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config, params = model_parameters(args)
         device = instance_device(args)
-        checkpoint = Path(args["model_repository"]) / args["model_version"] / params["checkpoint"]
-        module, _ = load_inference_module(checkpoint, params["impl"], device)
+        folder = Path(args["model_repository"]) / args["model_version"]
+        module = served_module(folder, params, device)
         self.map_stride = protocol.parse_map_stride(params["map_stride"], "config parameter")
         self.predictor = Predictor(
             module,
@@ -51,7 +52,8 @@ class TritonPythonModel:
             decode_threads=int(params["decode_threads"]),
             torch_threads=int(params["torch_threads"]),
         )
-        pb_utils.Logger.log_info(f"supersimplenet_py: impl {params['impl']} on {device}, checkpoint {checkpoint}")
+        what = f"impl {params['impl']} as {type(module).__name__} ({params.get('runtime') or 'torch'})"
+        pb_utils.Logger.log_info(f"supersimplenet_py: {what} on {device}, folder {folder}")
 
     def execute(self, requests):
         responses, strides = [None] * len(requests), {}
