@@ -3,16 +3,22 @@
     python bench/throughput.py                         # tiny preset on CPU, under a minute
     python bench/throughput.py --preset mvtec --batch 1 8 --providers reference folded
     python bench/throughput.py --preset mvtec --device cuda --dtype fp16 --batch 1 16 64
+    python bench/throughput.py --preset mvtec --device cuda --dtype fp16 --batch 1 64 \
+        --providers reference folded triton torch-compile
 
 Providers: `reference` (straightforward composition), `fast-cpu` (exact reorderings of the two fused ops,
 kernels/reference.py) and `folded` (pipeline/folded.py: heads folded into a few GEMMs at the backbone's native
-resolution; its backbone is fed channels_last). Stages, each fed with precomputed inputs of the previous one:
+resolution; its backbone is fed channels_last); on CUDA also `triton` (pipeline/engine.py: the folded graph with
+the Triton kernels, a CUDA graph per batch; off CUDA it falls back to `folded`, with a warning) and
+`torch-compile` (the folded graph through torch.compile, mode max-autotune: inductor's own kernels and CUDA
+graphs; compiles during the warm-up calls, minutes). Stages, each fed with precomputed inputs of the previous one:
 - every provider: backbone, feat+heads (backbone features -> seg map + score logit: everything between the
   backbone and the postprocess, so the providers compare like for like), postprocess (upsample + blur), e2e (the
   module's forward) and, on CUDA, e2e+io (host->device input copy, forward, score and map copied back: the
   paper's latency protocol);
 - reference and fast-cpu also: feature (upscale + pool + adaptor) and heads (seg + cls heads on its output);
-- folded also: seg (seg path) and cls (cls path), the two parts of its feat+heads.
+- folded also: seg (seg path) and cls (cls path), the two parts of its feat+heads;
+- triton: backbone, feat+heads, postprocess (the kernels, no CUDA graph), e2e (CUDA graph); torch-compile: e2e.
 The ratio column compares a stage with the same stage of the first provider ("-" where it has none).
 Rounds go through every provider and stage in turn (warm-up rounds excluded), so a load change on a shared
 machine hits them alike; the median of the repeats is reported, with p90/p99.
@@ -40,12 +46,14 @@ from kernels import reference  # noqa: E402
 from pipeline.backbone import load_backbone  # noqa: E402
 from pipeline.config import PRESETS  # noqa: E402
 from pipeline.config import get_preset  # noqa: E402
+from pipeline.engine import GpuEngine  # noqa: E402
 from pipeline.folded import FoldedSSN  # noqa: E402
 from pipeline.model import Features  # noqa: E402
 from pipeline.model import SuperSimpleNet  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PROVIDERS = (*reference.IMPLS, "folded")
+DEFAULT_PROVIDERS = (*reference.IMPLS, "folded")
+PROVIDERS = (*DEFAULT_PROVIDERS, "triton", "torch-compile")
 STAGES = ("backbone", "feature", "heads", "seg", "cls", "feat+heads", "postprocess", "e2e", "e2e+io")
 
 
@@ -90,8 +98,29 @@ def folded_stage_calls(folded: FoldedSSN, x: torch.Tensor) -> dict[str, callable
     }
 
 
+def engine_stage_calls(engine: GpuEngine, x: torch.Tensor) -> dict[str, callable]:
+    with torch.inference_mode():
+        l2, l3 = engine.folded.backbone_features(x)
+        seg_map, _ = engine.heads(l2, l3)
+    return {
+        "backbone": lambda: engine.folded.backbone_features(x),
+        "feat+heads": lambda: engine.heads(l2, l3),
+        "postprocess": lambda: engine.postprocess(seg_map),
+        "e2e": lambda: engine(x),
+    }
+
+
+def gpu_provider_module(model: SuperSimpleNet, provider: str) -> torch.nn.Module:
+    """`triton`: the GPU engine (the folded graph off CUDA); `torch-compile`: the folded graph, max-autotune."""
+    if provider == "triton":
+        return GpuEngine.from_model(model, dtype=model.adaptor.weight.dtype)
+    return torch.compile(FoldedSSN.from_model(model), mode="max-autotune", dynamic=False)  # one graph per batch
+
+
 def stage_calls(module: torch.nn.Module, x: torch.Tensor) -> dict[str, callable]:
-    calls = (folded_stage_calls if isinstance(module, FoldedSSN) else reference_stage_calls)(module, x)
+    kinds = ((GpuEngine, engine_stage_calls), (FoldedSSN, folded_stage_calls), (SuperSimpleNet, reference_stage_calls))
+    make = next((fn for kind, fn in kinds if isinstance(module, kind)), None)
+    calls = make(module, x) if make else {"e2e": lambda: module(x)}  # compiled: end to end only
     if x.device.type == "cuda":  # the paper's protocol: host->device copy, forward, both outputs back to the host
         x_host = x.cpu().pin_memory()
 
@@ -108,11 +137,12 @@ def provider_modules(model: SuperSimpleNet, providers: list[str], compile_backbo
     folded = FoldedSSN.from_model(model) if "folded" in providers else None
     if folded is not None and compile_backbone:
         folded.compile_backbone()
-    return {p: folded if p == "folded" else model for p in providers}
+    modules = {p: folded if p == "folded" else model for p in providers}
+    return modules | {p: gpu_provider_module(model, p) for p in providers if p in ("triton", "torch-compile")}
 
 
 def select(module: torch.nn.Module, provider: str) -> torch.nn.Module:
-    if not isinstance(module, FoldedSSN):
+    if isinstance(module, SuperSimpleNet):
         module.impl = provider
     return module
 
@@ -231,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--providers",
         nargs="+",
-        default=list(PROVIDERS),
+        default=list(DEFAULT_PROVIDERS),
         choices=list(PROVIDERS),
         help="inference formulations to time; ratios are against the first",
     )
