@@ -4,16 +4,16 @@
     python bench/kernels.py --ops anomaly_map --batch 64 --dtype bf16 --json bench/results/kernels.json
     python bench/kernels.py --roofline                        # the byte model alone (any machine, no GPU)
 
-Ops: seg_head and cls_head (op a: the epilogues after the native-resolution GEMMs, fed the products z of the
-engine's one GEMM per layer), anomaly_map (op b). Timing: triton.testing.do_bench (L2 flushed before every call),
-do_bench_cudagraph at batch 1 (launch overhead would dominate). Columns: microseconds, speed-up over eager, GB/s
-and TFLOP/s, and the percentage of the H200 roofline: the time the bytes and FLOPs would need at 4.8 TB/s and
-989 TFLOP/s (dense fp16/bf16), over the time measured. Bytes: what the op must move at least (inputs read once,
-output written once); FLOPs: those of the folded graph's formulation of the op (dense operator matmuls). Inputs
-are random; the operators are the real ones (kernels/reference.py). On a machine without CUDA it says so and
-exits 0. `--roofline` prints the byte model the kernels were decided on (bench/README.md "Kernels"): HBM bytes
-of the eager chain (every intermediate written and read back) vs the fused kernel, kernel launches, and the
-H200 lower bounds, beside the FLOPs of the GEMM that feeds the op.
+Ops: seg_head and cls_head (op a: the epilogues after the native-resolution GEMMs, fed contiguous products z;
+eager: the folded graph's steps, kernels/*_torch), anomaly_map (op b). Timing: triton.testing.do_bench (L2
+flushed before every call), do_bench_cudagraph at batch 1 (launch overhead would dominate). Columns:
+microseconds, speed-up over eager, GB/s and TFLOP/s, and the percentage of the H200 roofline: the time the bytes
+and FLOPs would need at 4.8 TB/s and 989 TFLOP/s (dense fp16/bf16), over the time measured. Bytes: what the op
+must move at least (inputs read once, output written once); FLOPs: those of the folded graph's formulation of
+the op (dense operator matmuls). Inputs are random; the operators are the real ones (kernels/reference.py). On a
+machine without CUDA it says so and exits 0. `--roofline` prints the byte model the kernels were decided on
+(bench/README.md "Kernels"): HBM bytes of the eager chain (every intermediate written and read back) vs the
+fused kernel, kernel launches, and the H200 lower bounds, beside the FLOPs of the GEMM that feeds the op.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from bench.harness import write_json  # noqa: E402
 H200_BYTES_PER_S, H200_FLOPS = 4.8e12, 989e12  # HBM3e; dense fp16/bf16 tensor cores (kernels.md §6)
 SIZES = {"mvtec": ((32, 32), (16, 16), (256, 256)), "ksdd2": ((80, 29), (40, 15), (640, 232))}  # l2, l3, image
 SEG, CLS, TAPS = 1024, 128, 5
-WIDE = SEG + TAPS * TAPS * CLS  # channels of the engine's one GEMM per layer
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -62,17 +61,17 @@ def cases(op: str, size: str, batch: int, dtype, device) -> tuple[tuple, dict, f
     m = operators(size, dtype, device)
     item = torch.tensor([], dtype=dtype).element_size()
     rand = lambda *shape: torch.randn(*shape, generator=g, device=device, dtype=dtype)  # noqa: E731
-    z2, z3 = rand(batch, h2, w2, WIDE), rand(batch, h3, w3, WIDE)
     seg_map = rand(batch, 1, fh, fw)
     ops = (m["rows2"], m["rows3"], m["cols2"], m["cols3"])
     if op == "seg_head":
-        args = (z2[..., :SEG], z3[..., :SEG], *ops, rand(SEG), rand(SEG), 0.2)
+        args = (rand(batch, h2, w2, SEG), rand(batch, h3, w3, SEG), *ops, rand(SEG), rand(SEG), 0.2)
         fns = {"eager": seg_head.seg_head_torch, "triton": seg_head.seg_head}
         moved = batch * (h2 * w2 + h3 * w3) * SEG * item + batch * fh * fw * item
         flops = 2 * batch * SEG * fw * (h2 * w2 + h3 * w3 + fh * (h2 + h3) + 2 * fh)
     elif op == "cls_head":
         n = TAPS * TAPS * CLS
-        args = (z2[..., SEG:], z3[..., SEG:], *ops, seg_map, rand(CLS, 1, TAPS, TAPS), rand(fh, fw, CLS))
+        z2, z3 = rand(batch, h2, w2, n), rand(batch, h3, w3, n)
+        args = (z2, z3, *ops, seg_map, rand(CLS, 1, TAPS, TAPS), rand(fh, fw, CLS))
         fns = {"eager": cls_head.cls_head_torch, "triton": cls_head.cls_head}
         moved = batch * (h2 * w2 + h3 * w3) * n * item + batch * fh * fw * item + batch * (2 * CLS + 2) * 4
         flops = 2 * batch * n * fw * (h2 * w2 + h3 * w3) + 2 * batch * fh * fw * CLS * TAPS * (h2 + h3 + TAPS)

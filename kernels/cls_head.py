@@ -137,14 +137,22 @@ def _shifted(op: torch.Tensor, taps: int) -> torch.Tensor:
 
 
 def cls_head_torch(z2, z3, rows2, rows3, cols2, cols3, seg_map, map_w, bias_map) -> torch.Tensor:
-    """The plain-PyTorch form (the op's CPU implementation): same arguments, pooled [B, 2*O + 2] float32 (float64
-    for float64 inputs, which only this form takes)."""
+    """The plain-PyTorch form (the op's CPU implementation; pipeline/folded.py's cls path after its GEMMs, step for
+    step, so bench/kernels.py times the eager chain the kernel replaces): same arguments, pooled [B, 2*O + 2]
+    float32 (float64 for float64 inputs, which only this form takes)."""
     hidden, taps = map_w.shape[0], map_w.shape[-1]
-    feat = 0
-    for z, rows, cols in ((z2, rows2, cols2), (z3, rows3, cols3)):
-        z = z.unflatten(-1, (taps, taps, hidden))  # [B, h, w, dx, dy, o]
-        t = torch.einsum("dXw,bhwdeo->bheXo", _shifted(cols, taps), z)  # [B, h, dy, fw, o]
-        feat = feat + torch.einsum("eYh,bheXo->bYXo", _shifted(rows, taps), t)  # [B, fh, fw, o]
+    batch, fh, fw = z2.shape[0], rows2.shape[0], cols2.shape[0]
+
+    def layer(z, cols):  # z [B, h, w, (dx, dy, o)] -> [B, dy, h, fw, o]: width resize + pool + dx shift, summed
+        h, w = z.shape[1:3]
+        shift_cols = _shifted(cols, taps).permute(1, 2, 0).reshape(fw, w * taps)  # [fw, (w, dx)]
+        t = shift_cols @ z.reshape(batch, h, w * taps, taps * hidden)  # [B, h, fw, (dy, o)]
+        return t.unflatten(3, (taps, hidden)).permute(0, 3, 1, 2, 4)
+
+    stacked = torch.cat([layer(z2, cols2), layer(z3, cols3)], dim=2)  # [B, dy, h2 + h3, fw, o]
+    rows = torch.cat([_shifted(rows2, taps), _shifted(rows3, taps)], dim=2)  # [dy, fh, h2 + h3]
+    rows = rows.permute(1, 0, 2).reshape(fh, -1)  # [fh, (dy, h)]
+    feat = (rows @ stacked.flatten(3).flatten(1, 2)).unflatten(2, (fw, hidden))  # [B, fh, fw, o]
     stencil = F.conv2d(seg_map, map_w, padding=taps // 2).permute(0, 2, 3, 1)  # [B, fh, fw, o]
     x = F.relu(feat + stencil + bias_map)
     stats = [x.amax(dim=(1, 2)), x.mean(dim=(1, 2)), seg_map.amax(dim=(2, 3)), seg_map.mean(dim=(2, 3))]

@@ -106,10 +106,14 @@ def seg_head_kernel(
 
 
 def seg_head_torch(z2, z3, rows2, rows3, cols2, cols3, bias, w_out, slope: float) -> torch.Tensor:
-    """The plain-PyTorch form (the op's CPU implementation): same arguments, same result."""
-    fw, n = cols2.shape[0], z2.shape[-1]
-    hidden = rows2 @ (cols2 @ z2).flatten(2) + rows3 @ (cols3 @ z3).flatten(2)  # [B, fh, fw * N]
-    hidden = F.leaky_relu(hidden.unflatten(2, (fw, n)) + bias, slope)  # [B, fh, fw, N]
+    """The plain-PyTorch form (the op's CPU implementation; pipeline/folded.py's seg path after its GEMMs, step for
+    step, so bench/kernels.py times the eager chain the kernel replaces): same arguments, same result."""
+    batch, fw, n = z2.shape[0], cols2.shape[0], z2.shape[-1]
+    ones = torch.ones(rows2.shape[0], 1, dtype=rows2.dtype, device=rows2.device)
+    rows = torch.cat([rows2, rows3, ones], dim=1)  # [fh, h2 + h3 + 1]: the bias enters as one more input row
+    stacked = torch.cat([cols2 @ z2, cols3 @ z3, bias.expand(batch, 1, fw, n)], dim=1)  # [B, h2 + h3 + 1, fw, N]
+    hidden = (rows @ stacked.flatten(2)).unflatten(2, (fw, n))  # [B, fh, fw, N]
+    hidden = F.leaky_relu(hidden, slope, inplace=True)
     return (hidden @ w_out).unsqueeze(1)  # [B, 1, fh, fw]
 
 
