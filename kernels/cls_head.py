@@ -30,11 +30,11 @@ from kernels.common import check_floats
 from kernels.common import check_shape
 from kernels.common import kron_tile
 from kernels.common import layer_constexprs
+from kernels.common import layer_window
 from kernels.common import mma
 from kernels.common import plain_on_cpu
 from kernels.common import pruned
-from kernels.common import tile_window
-from kernels.common import window_pixels
+from kernels.common import tile_origin
 from kernels.common import window_size
 
 TILE = (8, 8)  # output pixels per program (rows, cols)
@@ -72,28 +72,16 @@ def cls_head_kernel(
     BH2: tl.constexpr, BW2: tl.constexpr, BH3: tl.constexpr, BW3: tl.constexpr,  # powers of two >= h2, w2, h3, w3
     CAST_F32: tl.constexpr, BO: tl.constexpr,
 ):
-    # fmt: on
-    pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    pid_o = tl.program_id(2)
-    tiles_x = tl.cdiv(fw, TX)
-    y0 = (pid // tiles_x) * TY
-    x0 = (pid % tiles_x) * TX
-    p = tl.arange(0, TY * TX)
-    ys = y0 + p // TX  # [P] output pixel rows
-    xs = x0 + p % TX
+    y0, x0, ys, xs = tile_origin(tl.program_id(0), fw, TY, TX)  # ys, xs: [P] output pixels
     valid = (ys < fh) & (xs < fw)
-    o = pid_o * BO + tl.arange(0, BO)  # [BO] output channels
+    o = tl.program_id(2) * BO + tl.arange(0, BO)  # [BO] output channels
     half: tl.constexpr = TAPS // 2
-
-    i2, j2, ok2 = tile_window(r2_ptr, r2_s, c2_ptr, c2_s, y0, x0, fh, fw, h2, w2, TY, TX, half, WH2, WW2, BH2, BW2)
-    i3, j3, ok3 = tile_window(r3_ptr, r3_s, c3_ptr, c3_s, y0, x0, fh, fw, h3, w3, TY, TX, half, WH3, WW3, BH3, BW3)
-    qi2, qj2, q2_ok = window_pixels(i2, j2, h2, w2, WH2, WW2, WHP2, WWP2)  # [Q2]
-    qi3, qj3, q3_ok = window_pixels(i3, j3, h3, w3, WH3, WW3, WHP3, WWP3)
-    z2_ptr += b * z2_sb  # this image (64-bit); offsets inside it stay 32-bit
-    z3_ptr += b * z3_sb
-    row2 = qi2 * z2_sh + qj2 * z2_sw  # [Q2] element offset of each window pixel
-    row3 = qi3 * z3_sh + qj3 * z3_sw
+    z2_ptr, row2, q2_ok, i2, j2, ok2 = layer_window(z2_ptr, z2_sb, z2_sh, z2_sw, b, r2_ptr, r2_s, c2_ptr, c2_s, y0, x0,
+                                                    fh, fw, h2, w2, TY, TX, half, WH2, WW2, WHP2, WWP2, BH2, BW2)
+    z3_ptr, row3, q3_ok, i3, j3, ok3 = layer_window(z3_ptr, z3_sb, z3_sh, z3_sw, b, r3_ptr, r3_s, c3_ptr, c3_s, y0, x0,
+                                                    fh, fw, h3, w3, TY, TX, half, WH3, WW3, WHP3, WWP3, BH3, BW3)
+    # fmt: on
     seg_base = seg_ptr + b * seg_sb
 
     acc = tl.zeros([TY * TX, BO], dtype=tl.float32)
@@ -123,7 +111,7 @@ def cls_head_kernel(
     out = pooled_ptr + b * (2 * HIDDEN + 2)
     tl.atomic_max(out + o, tl.max(x, axis=0))
     tl.atomic_add(out + HIDDEN + o, tl.sum(x, axis=0) * inv_count)
-    if pid_o == 0:  # the seg map's own max and mean, once per tile
+    if tl.program_id(2) == 0:  # the seg map's own max and mean, once per tile
         s = tl.load(seg_base + ys * seg_sy + xs * seg_sx, mask=valid, other=0.0).to(tl.float32)
         tl.atomic_max(out + 2 * HIDDEN, tl.max(tl.where(valid, s, float("-inf")), axis=0))
         tl.atomic_add(out + 2 * HIDDEN + 1, tl.sum(s, axis=0) * inv_count)

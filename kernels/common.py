@@ -158,6 +158,27 @@ def tile_window(r_ptr, r_stride, c_ptr, c_stride, y0, x0, fh, fw, h, w, TY: tl.c
 
 
 @triton.jit
+def tile_origin(pid, fw, TY: tl.constexpr, TX: tl.constexpr):
+    # program `pid`'s TY x TX output tile of an fw-wide map -> (y0, x0, pixel rows ys [P], pixel columns xs [P])
+    tiles_x = tl.cdiv(fw, TX)
+    y0 = (pid // tiles_x) * TY
+    x0 = (pid % tiles_x) * TX
+    p = tl.arange(0, TY * TX)
+    return y0, x0, y0 + p // TX, x0 + p % TX
+
+
+@triton.jit
+def layer_window(z_ptr, z_sb, z_sh, z_sw, b, r_ptr, r_stride, c_ptr, c_stride, y0, x0, fh, fw, h, w,
+                 TY: tl.constexpr, TX: tl.constexpr, HALO: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr,
+                 WHP: tl.constexpr, WWP: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+    # one layer's window for the tile: (image b's products z [h, w, C] (a 64-bit base; offsets inside stay
+    # 32-bit), each window pixel's offset [Q], its mask [Q], the window origin i0, j0, ok: the band fits)
+    i0, j0, ok = tile_window(r_ptr, r_stride, c_ptr, c_stride, y0, x0, fh, fw, h, w, TY, TX, HALO, WH, WW, BH, BW)
+    qi, qj, q_ok = window_pixels(i0, j0, h, w, WH, WW, WHP, WWP)
+    return z_ptr + b * z_sb, qi * z_sh + qj * z_sw, q_ok, i0, j0, ok
+
+
+@triton.jit
 def window_pixels(i0, j0, h, w, WH: tl.constexpr, WW: tl.constexpr, WHP: tl.constexpr, WWP: tl.constexpr):
     # the window's pixels, q = a * WWP + c -> (row i0 + a, col j0 + c, inside the window and the layer): [Q] each
     q = tl.arange(0, WHP * WWP)

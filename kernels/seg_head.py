@@ -25,11 +25,11 @@ from kernels.common import check_floats
 from kernels.common import check_shape
 from kernels.common import kron_tile
 from kernels.common import layer_constexprs
+from kernels.common import layer_window
 from kernels.common import mma
 from kernels.common import plain_on_cpu
 from kernels.common import pruned
-from kernels.common import tile_window
-from kernels.common import window_pixels
+from kernels.common import tile_origin
 from kernels.common import window_size
 
 TILE = (8, 8)  # output pixels per program (rows, cols): K has 64 rows, the dot's M
@@ -63,29 +63,18 @@ def seg_head_kernel(
     BH2: tl.constexpr, BW2: tl.constexpr, BH3: tl.constexpr, BW3: tl.constexpr,  # powers of two >= h2, w2, h3, w3
     CAST_F32: tl.constexpr, BN: tl.constexpr,
 ):
-    # fmt: on
-    pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    tiles_x = tl.cdiv(fw, TX)
-    y0 = (pid // tiles_x) * TY
-    x0 = (pid % tiles_x) * TX
-    p = tl.arange(0, TY * TX)
-    ys = y0 + p // TX  # [P] output pixel rows
-    xs = x0 + p % TX
-
-    i2, j2, ok2 = tile_window(r2_ptr, r2_s, c2_ptr, c2_s, y0, x0, fh, fw, h2, w2, TY, TX, 0, WH2, WW2, BH2, BW2)
-    i3, j3, ok3 = tile_window(r3_ptr, r3_s, c3_ptr, c3_s, y0, x0, fh, fw, h3, w3, TY, TX, 0, WH3, WW3, BH3, BW3)
+    y0, x0, ys, xs = tile_origin(tl.program_id(0), fw, TY, TX)  # ys, xs: [P] output pixels
+    z2_ptr, row2, q2_ok, i2, j2, ok2 = layer_window(z2_ptr, z2_sb, z2_sh, z2_sw, b, r2_ptr, r2_s, c2_ptr, c2_s, y0, x0,
+                                                    fh, fw, h2, w2, TY, TX, 0, WH2, WW2, WHP2, WWP2, BH2, BW2)
+    z3_ptr, row3, q3_ok, i3, j3, ok3 = layer_window(z3_ptr, z3_sb, z3_sh, z3_sw, b, r3_ptr, r3_s, c3_ptr, c3_s, y0, x0,
+                                                    fh, fw, h3, w3, TY, TX, 0, WH3, WW3, WHP3, WWP3, BH3, BW3)
     k2 = kron_tile(r2_ptr, r2_s, c2_ptr, c2_s, y0, x0, i2, j2, fh, fw, h2, w2, TY, TX, WH2, WW2, WHP2, WWP2)
     k3 = kron_tile(r3_ptr, r3_s, c3_ptr, c3_s, y0, x0, i3, j3, fh, fw, h3, w3, TY, TX, WH3, WW3, WHP3, WWP3)
     if not CAST_F32:  # [P, Q] weights in the products' dtype, for the tensor cores
         k2 = k2.to(z2_ptr.dtype.element_ty)
         k3 = k3.to(z3_ptr.dtype.element_ty)
-    qi2, qj2, q2_ok = window_pixels(i2, j2, h2, w2, WH2, WW2, WHP2, WWP2)  # [Q2]
-    qi3, qj3, q3_ok = window_pixels(i3, j3, h3, w3, WH3, WW3, WHP3, WWP3)
-    z2_ptr += b * z2_sb  # this image (64-bit); offsets inside it stay 32-bit
-    z3_ptr += b * z3_sb
-    row2 = qi2 * z2_sh + qj2 * z2_sw  # [Q2] element offset of each window pixel
-    row3 = qi3 * z3_sh + qj3 * z3_sw
+    # fmt: on
 
     seg = tl.zeros([TY * TX], dtype=tl.float32)
     for n0 in range(0, n_hidden, BN):
