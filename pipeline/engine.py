@@ -166,8 +166,8 @@ class GpuEngine(nn.Module):
             for _ in range(2):  # compiles and autotunes the kernels, sets up cuBLAS/cuDNN, before capture
                 self.eager(images)
         torch.cuda.current_stream(self.device).wait_stream(side)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
+        if self._pool is None:  # one memory pool for every bucket: replays never overlap, and each replay's
+            self._pool = torch.cuda.graph_pool_handle()  # outputs are copied out before the next one
         graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool):
             outputs = tuple(self.eager(images))

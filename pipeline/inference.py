@@ -28,7 +28,8 @@ def inference_module(model, impl: str) -> torch.nn.Module:
     if impl == "triton":
         from pipeline.engine import GpuEngine
 
-        return GpuEngine.from_model(model).eval()  # the folded CPU graph, with a warning, off CUDA
+        module = GpuEngine.from_model(model).eval()  # the folded CPU graph, with a warning, off CUDA
+        return module.warmup() if isinstance(module, GpuEngine) else module  # kernels and graphs before traffic
     model.impl = impl
     return model.eval()
 

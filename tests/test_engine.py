@@ -122,7 +122,8 @@ def test_cuda_graphs_at_mvtec_size(dtype):
 @needs_cuda
 @pytest.mark.gpu
 def test_served_module_on_cuda_is_the_engine(tmp_path):
-    """load_inference_module(impl='folded', device='cuda') serves the GPU engine; the ensemble's postprocess step
+    """load_inference_module(impl='folded', device='cuda') serves the GPU engine, warmed up (a CUDA graph per
+    bucket); the ensemble's postprocess step
     on GPU tensors runs the fused map kernel and equals its CPU form."""
     from pipeline.checkpoint import save_checkpoint
     from pipeline.deploy.serving import anomaly_map_from_logits
@@ -132,5 +133,6 @@ def test_served_module_on_cuda_is_the_engine(tmp_path):
     save_checkpoint(model, tmp_path / "m.safetensors", "random")
     module, _ = load_inference_module(tmp_path / "m.safetensors", "folded", "cuda")
     assert isinstance(module, GpuEngine) and module.map_sigmoid
+    assert set(module._graphs) == set(module.buckets)  # captured at load, before traffic
     seg = torch.randn(4, 1, 8, 12)
     torch.testing.assert_close(anomaly_map_from_logits(seg.cuda(), SMALL).cpu(), anomaly_map_from_logits(seg, SMALL))
