@@ -123,8 +123,7 @@ def test_cuda_graphs_at_mvtec_size(dtype):
 @pytest.mark.gpu
 def test_served_module_on_cuda_is_the_engine(tmp_path):
     """load_inference_module(impl='folded', device='cuda') serves the GPU engine, warmed up (a CUDA graph per
-    bucket); the ensemble's postprocess step
-    on GPU tensors runs the fused map kernel and equals its CPU form."""
+    bucket); the ensemble's postprocess step on GPU tensors runs the fused map kernel and equals its CPU form."""
     from pipeline.checkpoint import save_checkpoint
     from pipeline.deploy.serving import anomaly_map_from_logits
     from pipeline.inference import load_inference_module
