@@ -47,6 +47,17 @@ check throughput-mvtec-fp32 "torch torchvision cuda" "$PY" bench/throughput.py -
 check folded-vs-reference-fp16 "torch torchvision cuda" "$PY" bench/throughput.py --preset mvtec --device cuda \
     --dtype fp16 --batch 1 8 --providers reference folded --warmup 10 --repeats 50 \
     --json "$out/throughput_mvtec_fp16_folded.json"
+# Triton kernels (issue 12): the kernel and engine tests at real shapes (fp32/fp16/bf16 vs float64; CUDA graphs per
+# bucket), each op eager vs fused (us, GB/s, % of the H200 roofline), and the whole model with the kernels beside
+# folded and torch.compile max-autotune (cuDNN convs, as inductor's own H100 profiling advises, so its compile stays
+# in minutes on a cold cache). Not yet run on a GPU; estimated 1-2 + <1 + 2-4 minutes; timeouts stop a runaway.
+check kernel-tests-gpu "pytest torch torchvision triton cuda" timeout 240 "$PY" -m pytest -q -m gpu \
+    tests/test_kernel_seg_head.py tests/test_kernel_cls_head.py tests/test_kernel_anomaly_map.py tests/test_engine.py
+check kernel-bench "torch triton cuda" timeout 180 "$PY" bench/kernels.py --json "$out/kernels.json"
+check throughput-kernels-fp16 "torch torchvision triton cuda" env TORCHINDUCTOR_MAX_AUTOTUNE_CONV_BACKENDS=ATEN \
+    timeout 300 "$PY" bench/throughput.py --preset mvtec \
+    --device cuda --dtype fp16 --batch 1 64 --providers reference folded triton torch-compile --warmup 5 \
+    --repeats 30 --json "$out/throughput_mvtec_fp16_kernels.json"
 # deployment (the plain GPU host has neither DALI nor TensorRT nor nvidia-pytriton; the NGC containers do:
 # README "Deploy on a GPU host" lists the in-container checks)
 check dali-mixed-decode "pytest torch torchvision nvidia.dali cuda" \

@@ -5,6 +5,8 @@
     python bench/throughput.py --preset mvtec --device cuda --dtype fp16 --batch 1 16 64
     python bench/throughput.py --preset mvtec --batch 1 8 --providers reference folded onnxruntime anomalib
     python bench/throughput.py --preset mvtec --batch 1 8 --providers reference folded onnxruntime anomalib --dtype bf16
+    python bench/throughput.py --preset mvtec --device cuda --dtype fp16 --batch 1 64 \
+        --providers reference folded triton torch-compile
 
 Served provider: `triton-grpc` (bench/stream_grpc.py: N cameras streaming JPEG frames over gRPC to a tritonserver,
 beside in-process inference of the same frames; its own table).
@@ -14,7 +16,10 @@ resolution; its backbone is fed channels_last), `onnxruntime` (the folded graph 
 run by onnxruntime's CPU execution provider; bench/ort_provider.py) and the peer `anomalib` (anomalib's
 SupersimplenetModel with these weights, checked equal to `reference` first; bench/peer_anomalib.py; optional extra
 `peers`, skipped with one line when absent; with it the model is configured as anomalib computes:
-align_corners=False). The model runs with map_sigmoid=True (the served outputs: map probabilities).
+align_corners=False); on CUDA also `triton` (pipeline/engine.py: the folded graph with the Triton kernels, a CUDA
+graph per batch; off CUDA it falls back to `folded`, with a warning) and `torch-compile` (the folded graph through
+torch.compile, mode max-autotune: inductor's own kernels and CUDA graphs; compiles during the warm-up calls,
+minutes). The model runs with map_sigmoid=True (the served outputs: map probabilities).
 Stages, each fed with precomputed inputs of the previous one:
 - every provider: backbone, feat+heads (backbone features -> seg map + score logit: everything between the
   backbone and the postprocess, so the providers compare like for like), postprocess (upsample + blur), e2e (the
@@ -24,6 +29,7 @@ Stages, each fed with precomputed inputs of the previous one:
 - folded also: seg (seg path) and cls (cls path), the two parts of its feat+heads;
 - seg+score (images -> seg logits + score logit, all but the postprocess: the `split` graph): reference, fast-cpu,
   folded, onnxruntime; onnxruntime and anomalib have e2e (and anomalib its backbone) besides.
+- triton: backbone, feat+heads, postprocess (the kernels, no CUDA graph), e2e (CUDA graph); torch-compile: e2e.
 The ratio column compares a stage with the same stage of the first provider ("-" where it has none).
 Rounds go through every provider and stage in turn (warm-up rounds excluded), so a load change on a shared
 machine hits them alike; the median of the repeats is reported, with p90/p99.
@@ -61,14 +67,15 @@ from pipeline.backbone import load_backbone  # noqa: E402
 from pipeline.config import PRESETS  # noqa: E402
 from pipeline.config import get_preset  # noqa: E402
 from pipeline.deploy.export import split_forward  # noqa: E402
+from pipeline.engine import GpuEngine  # noqa: E402
 from pipeline.folded import FoldedSSN  # noqa: E402
 from pipeline.model import Features  # noqa: E402
 from pipeline.model import SuperSimpleNet  # noqa: E402
 from pipeline.stats import provider_macs  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PROVIDERS = (*reference.IMPLS, "folded", ort_provider.NAME, peer_anomalib.PEER)
 DEFAULT_PROVIDERS = (*reference.IMPLS, "folded")
+PROVIDERS = (*DEFAULT_PROVIDERS, "triton", "torch-compile", ort_provider.NAME, peer_anomalib.PEER)
 SERVED_PROVIDERS = ("triton-grpc",)  # bench/stream_grpc.py
 STAGES = ("backbone", "feature", "heads", "seg", "cls", "feat+heads", "seg+score", "postprocess", "e2e", "e2e+io")
 
@@ -116,12 +123,33 @@ def folded_stage_calls(folded: FoldedSSN, x: torch.Tensor) -> dict[str, callable
     }
 
 
+def engine_stage_calls(engine: GpuEngine, x: torch.Tensor) -> dict[str, callable]:
+    with torch.inference_mode():
+        l2, l3 = engine.folded.backbone_features(x)
+        seg_map, _ = engine.heads(l2, l3)
+    return {
+        "backbone": lambda: engine.folded.backbone_features(x),
+        "feat+heads": lambda: engine.heads(l2, l3),
+        "postprocess": lambda: engine.postprocess(seg_map),
+        "e2e": lambda: engine(x),
+    }
+
+
+def gpu_provider_module(model: SuperSimpleNet, provider: str) -> torch.nn.Module:
+    """`triton`: the GPU engine (the folded graph off CUDA); `torch-compile`: the folded graph, max-autotune."""
+    if provider == "triton":
+        return GpuEngine.from_model(model, dtype=model.adaptor.weight.dtype)
+    return torch.compile(FoldedSSN.from_model(model), mode="max-autotune", dynamic=False)  # one graph per batch
+
+
 def stage_calls(module: torch.nn.Module, x: torch.Tensor) -> dict[str, callable]:
     if isinstance(module, ort_provider.OrtProvider):
         return ort_provider.stage_calls(module, x)
     if isinstance(module, peer_anomalib.AnomalibSSN):
         return {"backbone": lambda: module.backbone(x), "e2e": lambda: module(x)}
-    calls = (folded_stage_calls if isinstance(module, FoldedSSN) else reference_stage_calls)(module, x)
+    kinds = ((GpuEngine, engine_stage_calls), (FoldedSSN, folded_stage_calls), (SuperSimpleNet, reference_stage_calls))
+    make = next((fn for kind, fn in kinds if isinstance(module, kind)), None)
+    calls = make(module, x) if make else {"e2e": lambda: module(x)}  # compiled: end to end only
     if x.device.type == "cuda":  # the paper's protocol: host->device copy, forward, both outputs back to the host
         x_host = x.cpu().pin_memory()
 
@@ -138,7 +166,8 @@ def provider_modules(model: SuperSimpleNet, providers: list[str], compile_backbo
     folded = FoldedSSN.from_model(model) if "folded" in providers else None
     if folded is not None and compile_backbone:
         folded.compile_backbone()
-    return {p: folded if p == "folded" else model for p in providers}
+    modules = {p: folded if p == "folded" else model for p in providers}
+    return modules | {p: gpu_provider_module(model, p) for p in providers if p in ("triton", "torch-compile")}
 
 
 def cpu_provider_modules(model: SuperSimpleNet, args: argparse.Namespace, notes: list[str]) -> dict[str, object]:

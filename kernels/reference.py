@@ -141,7 +141,7 @@ def gaussian_kernel1d(sigma: float, dtype: torch.dtype = torch.float64, device=N
     return (g / g.sum()).to(dtype=dtype, device=device)
 
 
-def _check_blur_size(size: tuple[int, int], sigma: float) -> None:
+def check_blur_size(size: tuple[int, int], sigma: float) -> None:
     half = blur_kernel_size(sigma) // 2
     if min(size) <= half:
         raise ValueError(f"anomaly map size {tuple(size)} must exceed the blur half-width {half} (reflect padding)")
@@ -151,7 +151,7 @@ def anomaly_map_reference(
     seg: torch.Tensor, size: tuple[int, int], sigma: float = 4.0, sigmoid: bool = False
 ) -> torch.Tensor:
     # seg: [B, 1, h, w] logits -> [B, 1, H, W] blurred logits (or probabilities with sigmoid)
-    _check_blur_size(size, sigma)
+    check_blur_size(size, sigma)
     up = F.interpolate(seg, size=tuple(size), mode="bilinear", align_corners=False)
     g = gaussian_kernel1d(sigma, up.dtype, up.device)
     half = g.numel() // 2
@@ -180,7 +180,7 @@ def upsample_blur_matrix(n_in: int, n_out: int, sigma: float, dtype: torch.dtype
 
 def anomaly_map_fast(seg: torch.Tensor, size: tuple[int, int], sigma: float = 4.0, sigmoid: bool = False):
     """Same as `anomaly_map_reference`, as two small matrix products (upsample and blur folded per axis)."""
-    _check_blur_size(size, sigma)
+    check_blur_size(size, sigma)
     m_h = upsample_blur_matrix(seg.shape[-2], size[0], sigma, seg.dtype, seg.device)
     m_w = upsample_blur_matrix(seg.shape[-1], size[1], sigma, seg.dtype, seg.device)
     out = _separable(seg, m_h, m_w)

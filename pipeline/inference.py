@@ -1,6 +1,8 @@
-"""In-process inference: which module computes a Prediction (`reference`, `fast-cpu`, `folded`), loaded from a
-checkpoint, and the alarm thresholds stored with it. `ssn infer`, evaluation, export and the serving adapters all
-choose their module here."""
+"""In-process inference: which module computes a Prediction (`reference`, `fast-cpu`, `folded`, `triton`), loaded
+from a checkpoint, and the alarm thresholds stored with it. `ssn infer`, evaluation, export and the serving adapters
+all choose their module here. `triton` is the GPU engine (pipeline/engine.py: the folded graph with the Triton
+kernels and CUDA graphs, fp16); on a CUDA device `folded` is served by it too, and without CUDA it falls back to
+`folded` with a warning."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-INFERENCE_IMPLS = ("reference", "fast-cpu", "folded")
+INFERENCE_IMPLS = ("reference", "fast-cpu", "folded", "triton")
 DEFAULT_IMPL = "folded"  # exact, a third of the arithmetic (pipeline/folded.py)
 
 
@@ -23,6 +25,11 @@ def inference_module(model, impl: str) -> torch.nn.Module:
         except ImportError as err:
             raise ValueError(f"impl='folded' needs pipeline/folded.py, not importable here ({err})") from err
         return FoldedSSN.from_model(model).eval()
+    if impl == "triton":
+        from pipeline.engine import GpuEngine
+
+        module = GpuEngine.from_model(model).eval()  # the folded CPU graph, with a warning, off CUDA
+        return module.warmup() if isinstance(module, GpuEngine) else module  # kernels and graphs before traffic
     model.impl = impl
     return model.eval()
 
@@ -32,6 +39,8 @@ def load_inference_module(checkpoint, impl: str = DEFAULT_IMPL, device: str = "c
     from pipeline.checkpoint import load_checkpoint
 
     model, metadata = load_checkpoint(checkpoint, impl="reference", map_sigmoid=True)
+    if impl == "folded" and torch.device(device).type == "cuda":
+        impl = "triton"  # the same folded graph, with the kernels and CUDA graphs (served supersimplenet_py on GPU)
     return inference_module(model.to(device), impl), metadata
 
 

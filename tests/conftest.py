@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
 import torch
 
-from pipeline.backbone import load_backbone
-from pipeline.config import ModelConfig
-from pipeline.model import SuperSimpleNet
+# The Triton kernels (kernels/) run under the interpreter on a CPU-only host: it must be on before triton is first
+# imported (triton.jit decides when a kernel is defined). Only kernel launches on CPU tensors notice it (the ops
+# dispatch CPU tensors to their plain-PyTorch forms); a GPU host runs the kernels compiled.
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from pipeline.backbone import load_backbone  # noqa: E402
+from pipeline.config import ModelConfig  # noqa: E402
+from pipeline.model import SuperSimpleNet  # noqa: E402
 
 try:  # the stream tests' session fixtures (one server for all); a host without the camera extra has no stream tests
     from stream_helpers import relay  # noqa: F401

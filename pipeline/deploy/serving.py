@@ -47,8 +47,14 @@ def finish_frame(score: float, prob_map: torch.Tensor | None, thresholds: Thresh
 
 
 def anomaly_map_from_logits(seg_logits: torch.Tensor, config, impl: str = "fast-cpu") -> torch.Tensor:
-    """Ensemble postprocess: seg logits [B, 1, fh, fw] -> map probabilities [B, 1, H, W] (kernels op b)."""
+    """Ensemble postprocess: seg logits [B, 1, fh, fw] -> map probabilities [B, 1, H, W] (kernels op b). On GPU
+    tensors every formulation but `reference` runs the fused Triton kernel (kernels/anomaly_map.py, same math)."""
     from kernels import reference
+
+    if seg_logits.is_cuda and impl != "reference":
+        from kernels.anomaly_map import upsample_blur
+
+        return upsample_blur(seg_logits.float(), config.image_size, config.sigma, sigmoid=True)[0]
 
     return reference.anomaly_map(seg_logits.float(), config.image_size, config.sigma, sigmoid=True, impl=impl)
 
