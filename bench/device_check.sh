@@ -39,12 +39,12 @@ check() {
 
 check cuda-device "torch cuda" "$PY" -c "import torch; print(torch.cuda.get_device_name())"
 # paper protocol: WRN50-2 at 256x256, fp16; batch 1 latency and batch 16 throughput (V100S: 9.3 ms, 268 img/s)
-check throughput-mvtec-fp16 "torch torchvision cuda" "$PY" bench/throughput.py --preset mvtec --device cuda \
+check throughput-mvtec-fp16 "torch torchvision triton cuda" "$PY" bench/throughput.py --preset mvtec --device cuda \
     --dtype fp16 --batch 1 16 64 --warmup 20 --repeats 100 --json "$out/throughput_mvtec_fp16.json"
-check throughput-mvtec-fp32 "torch torchvision cuda" "$PY" bench/throughput.py --preset mvtec --device cuda \
+check throughput-mvtec-fp32 "torch torchvision triton cuda" "$PY" bench/throughput.py --preset mvtec --device cuda \
     --dtype fp32 --batch 1 16 --warmup 10 --repeats 50 --json "$out/throughput_mvtec_fp32.json"
 # folded graph vs reference on the GPU: same outputs (max_diff line), speed ratio per stage
-check folded-vs-reference-fp16 "torch torchvision cuda" "$PY" bench/throughput.py --preset mvtec --device cuda \
+check folded-vs-reference-fp16 "torch torchvision triton cuda" "$PY" bench/throughput.py --preset mvtec --device cuda \
     --dtype fp16 --batch 1 8 --providers reference folded --warmup 10 --repeats 50 \
     --json "$out/throughput_mvtec_fp16_folded.json"
 # Triton kernels (issue 12): the kernel and engine tests at real shapes (fp32/fp16/bf16 vs float64; CUDA graphs per
@@ -62,9 +62,9 @@ check throughput-kernels-fp16 "torch torchvision triton cuda" env TORCHINDUCTOR_
 # README "Deploy on a GPU host" lists the in-container checks)
 check dali-mixed-decode "pytest torch torchvision nvidia.dali cuda" \
     "$PY" -m pytest -q -m gpu tests/test_preprocess.py  # DALI "mixed" (nvJPEG) decode == CPU decode
-check tensorrt-engine "pytest torch torchvision onnx onnxscript onnxruntime tensorrt cuda" \
+check tensorrt-engine "pytest torch triton torchvision onnx onnxscript onnxruntime tensorrt cuda" \
     "$PY" -m pytest -q tests/test_trt_engine.py  # TensorRT 10/11 engine from the ONNX == PyTorch; metadata
-check serve-gpu "torch torchvision nvidia.dali pytriton|tritonserver tritonclient.grpc safetensors cuda" \
+check serve-gpu "torch triton torchvision nvidia.dali pytriton|tritonserver tritonclient.grpc safetensors cuda" \
     "$PY" bench/serve.py --preset mvtec --device gpu --concurrency 1 4 16 64 --max-batch 64 --seconds 10 \
     --json "$out/serve_mvtec_gpu.json"  # supersimplenet_py on KIND_GPU vs in-process
 # engine metadata names the GPU CUDA shows as device 0 (CUDA_VISIBLE_DEVICES respected) and reads the TensorRT
@@ -77,7 +77,7 @@ check tensorrt-library-version "tensorrt" "$PY" -c "import tensorrt; from pipeli
 v = g.tensorrt_library_version(); print(v, tensorrt.__version__); assert v == tensorrt.__version__"
 # the served ensemble in the NGC tritonserver image (+ this package, pip tensorrt of the image's version): engine
 # built here, python preprocess step with DALI "mixed" decode, results = PyTorch, a bad frame fails alone
-check ensemble-gpu "pytest torch torchvision onnx onnxscript safetensors tensorrt nvidia.dali tritonclient.grpc \
+check ensemble-gpu "pytest torch triton torchvision onnx onnxscript safetensors tensorrt nvidia.dali tritonclient.grpc \
     tritonserver cuda" "$PY" -m pytest -q -m gpu tests/test_ensemble.py
 # training (bench/train.py): per-stage img/s for tiny and mvtec, bf16 autocast, uncached vs feature cache
 check train-cuda-bf16 "torch torchvision safetensors tqdm scipy sklearn cuda" "$PY" bench/train.py \

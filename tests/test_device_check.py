@@ -27,6 +27,29 @@ NOT_RUN = {
     "serve-gpu": {"onnx": "--target trt only; the bench deploys --target py", "onnxruntime": "as above"},
     "ensemble-gpu": {"onnxruntime": "export.onnx_parity only, which the test does not call"},
 }
+NOT_RUN["kernel-tests-gpu"] = {
+    "safetensors": "test_engine's served-module test only, which skips without it (importorskip)",
+    "nvidia": "pipeline/deploy/serving.py's Predictor (DALI); the tests call anomaly_map_from_logits only",
+    "onnx": "pipeline/deploy/serving.py's onnxruntime runtime, not loaded by the tests",
+    "onnxruntime": "as onnx",
+}
+# bench/throughput.py on CUDA: the CPU-only providers (onnxruntime, anomalib) and ONNX export are never selected
+THROUGHPUT_NOT_RUN = {
+    "onnx": "pipeline/deploy/export.py's export and parity: provider onnxruntime only (CPU)",
+    "onnxruntime": "provider onnxruntime only (CPU)",
+    "safetensors": "pipeline/checkpoint.py, reached through the onnxruntime provider's checkpoint check only",
+    "anomalib": "provider anomalib only (CPU peer, optional extra)",
+    "timm": "as anomalib",
+}
+NOT_RUN |= {
+    name: THROUGHPUT_NOT_RUN
+    for name in (
+        "throughput-mvtec-fp16",
+        "throughput-mvtec-fp32",
+        "folded-vs-reference-fp16",
+        "throughput-kernels-fp16",
+    )
+}
 # files whose imports inside functions run only when a check's command names the word (a provider)
 ONLY_WITH = {"bench/stream_grpc.py": "triton-grpc"}
 
@@ -144,7 +167,7 @@ def imported_modules(sources: list[str], words: frozenset[str] = frozenset()) ->
 
 
 def _sources(command: list[str]) -> list[str]:
-    args = command[1:]  # after "$PY"
+    args = command[command.index("$PY") + 1 :]  # after wrappers (env VAR=..., timeout N) and "$PY"
     if args[:2] == ["-m", "pytest"]:
         return [str(ROOT / a) for a in args if a.endswith(".py")] + [str(ROOT / "tests" / "conftest.py")]
     if args[0] == "-c":

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.checkpoint import file_sha256
 from pipeline.model import Prediction
 
 RUNTIMES = ("torch", "onnxruntime")
@@ -51,6 +50,7 @@ def session(path: str | Path, threads: int = 0):
 
 def check_onnx_matches(onnx_path: str | Path, checkpoint: str | Path) -> dict[str, str]:
     """The ONNX metadata when `onnx_path` was exported from `checkpoint` (same sha256); else OnnxMismatchError."""
+    from pipeline.checkpoint import file_sha256  # safetensors: only where a checkpoint is checked
     from pipeline.deploy.export import onnx_metadata
 
     meta = onnx_metadata(onnx_path)
