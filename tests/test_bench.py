@@ -35,7 +35,10 @@ def test_throughput_table_and_json(tmp_path):
     assert "max |reference - fast-cpu - folded|" in out.stdout
     data = json.loads(out_json.read_text())
     assert data["preset"] == "tiny" and data["env"]["device"] == "cpu"
-    timed = [r for r in data["results"] if r["stage"] != "max_diff"]
+    probe = {(r["batch"], r["stage"]) for r in data["results"] if r["provider"] == "gemm-probe"}  # stage = its dtype
+    assert {(1, "fp32"), (2, "fp32")} <= probe and {s for _, s in probe} <= {"fp32", "bf16"}
+    assert data["limits"]["macs"]  # GMAC/s per provider need the MACs per image
+    timed = [r for r in data["results"] if r["stage"] != "max_diff" and r["provider"] != "gemm-probe"]
     keys = {(r["provider"], r["batch"], r["stage"]) for r in timed}
     common = ("backbone", "feat+heads", "seg+score", "postprocess", "e2e")
     stages = {"reference": ("feature", "heads"), "fast-cpu": ("feature", "heads"), "folded": ("seg", "cls")}
