@@ -13,9 +13,12 @@ from training.aupro import aupro
 from training.aupro import label_regions
 from training.metrics import METRIC_NAMES
 from training.metrics import at_threshold
+from training.metrics import check_predictions
 from training.metrics import compute_metrics
 from training.metrics import f1_optimal_threshold
 from training.metrics import f1_thresholds
+from training.metrics import min_max
+from training.metrics import weighted_pixel_samples
 
 
 def _row_images(*rows):
@@ -342,3 +345,129 @@ def test_pixel_metrics_and_threshold_with_ties_between_defect_levels(seed):
     pixel_threshold = f1_thresholds(scores, labels, maps, masks)["pixel"]
     below = maps[maps < best]
     assert pixel_threshold == pytest.approx((best + below.max()) / 2 if below.size else best)
+
+
+# ---- mutation-testing gaps (tests/MUTANTS.md): documented contracts, messages, edge cases --------------------------
+
+# float32 neighbours that the official float32 min-max over [-2.3, 10.7] maps to the same value (a tie)
+_LOW, _HIGH, _A, _B = np.float32(-2.3), np.float32(10.7), np.float32(1.2072272), np.float32(1.2072273)
+
+
+def test_float32_min_max_ties_like_the_official_code():
+    assert _A < _B and (_A - _LOW) / (_HIGH - _LOW) == (_B - _LOW) / (_HIGH - _LOW)  # the premise, in numpy
+    values = np.array([_LOW, _A, _B, _HIGH], np.float64)
+    normalised = min_max(values)
+    assert normalised.dtype == np.float32 and normalised[1] == normalised[2]
+    assert normalised.tolist() == pytest.approx([0.0, (1.2072272 + 2.3) / 13, (1.2072272 + 2.3) / 13, 1.0], abs=1e-6)
+    assert min_max(np.full(3, 7.0)).tolist() == [0.0, 0.0, 0.0]
+    # image scores: defects _B and _HIGH, good _LOW and _A; the tie _A ~ _B counts one half -> 3.5 / 4
+    maps = np.zeros((4, 2, 2), np.float32)
+    maps[:, 0, 0] = [0.1, 0.2, 0.3, 0.4]
+    result = compute_metrics([_LOW, _A, _B, _HIGH], [0, 0, 1, 1], maps, np.zeros((4, 2, 2), bool))
+    assert result["I-AUROC"] == pytest.approx(0.875)
+    # pixels: defect _B, defect-free _A (tied after normalising), _LOW and _HIGH -> P-AUROC (0.5 + 1 + 0) / 3
+    maps, masks = _row_images([(_B, "D"), (_A, "."), (_LOW, "."), (_HIGH, ".")])
+    assert compute_metrics([0.7], [1], maps, masks)["P-AUROC"] == pytest.approx(0.5)
+    # float64 maps are read as float32 (the model's output): 0.5 + 1e-12 ties 0.5
+    maps64, masks = _row_images([(0.5, "D"), (0.5, "."), (0.0, "."), (1.0, ".")])
+    maps64 = maps64.astype(np.float64)
+    maps64[0, 0, 0] += 1e-12
+    assert compute_metrics([0.7], [1], maps64, masks)["P-AUROC"] == pytest.approx(0.5)
+
+
+def test_check_predictions_returns_the_documented_dtypes():
+    masks = np.zeros((3, 1, 2, 2), np.uint8)
+    masks[2, 0, 1, 1] = 1
+    for segmented in (None, [1, 0, 1]):
+        arrays = check_predictions(np.array([0.1, 0.2, 0.9]), [0, 0, 1], np.zeros((3, 1, 2, 2)), masks, segmented)
+        assert [a.dtype for a in arrays] == [np.float32, bool, np.float32, bool, bool]
+        assert arrays[4].tolist() == ([True] * 3 if segmented is None else [True, False, True])
+        assert arrays[3].shape == (3, 2, 2) and arrays[3].sum() == 1
+
+
+def test_clear_errors_name_the_bad_input():
+    maps, masks = np.zeros((2, 4, 4), np.float32), np.zeros((2, 4, 4), bool)
+    with pytest.raises(ValueError, match=r"scores must be a non-empty \[N\] array, got shape \[0\]"):
+        compute_metrics([], [], maps[:0], masks[:0])
+    with pytest.raises(ValueError, match=r"scores must be a non-empty \[N\] array, got shape \[1, 2\]"):
+        compute_metrics([[0.1, 0.2]], [0, 1], maps, masks)
+    with pytest.raises(ValueError, match=r"maps must have shape \[2, H, W\], got \[2, 16\]"):
+        compute_metrics([0.1, 0.2], [0, 1], maps.reshape(2, 16), masks.reshape(2, 16))
+    with pytest.raises(ValueError, match=r"labels must be 0 \(good\) or 1 \(defect\), got values \[0, 2\]"):
+        compute_metrics([0.1, 0.2], [0, 2], maps, masks)
+    with pytest.raises(ValueError, match="masks must be boolean or contain only 0 and 1"):
+        compute_metrics([0.1, 0.2], [0, 1], maps, np.where(np.arange(32).reshape(2, 4, 4) == 20, 2, 0))
+    with pytest.raises(ValueError, match=r"segmented must have shape \[2\], got \[3\]"):
+        compute_metrics([0.1, 0.2], [0, 1], maps, masks, [True, True, False])
+    with pytest.raises(ValueError, match=r"^scores contain 1 non-finite values \(first in image 1\)"):
+        compute_metrics([0.1, np.inf], [0, 1], maps, masks)
+    marked = masks.copy()
+    marked[1, 1, 1] = True
+    with pytest.raises(ValueError, match="image 1 is labelled good but its mask has defect pixels"):
+        compute_metrics([0.1, 0.2], [1, 0], maps, marked)
+
+
+def test_undefined_metrics_say_which_images_or_pixels_are_missing():
+    rng = np.random.default_rng(1)
+    maps, masks = rng.random((3, 4, 4), dtype=np.float32), np.zeros((3, 4, 4), bool)
+    no_defects = compute_metrics([0.1, 0.5, 0.2], [0, 0, 0], maps, masks)
+    for name in ("I-AUROC", "AP-det", "seg-I-AUROC", "seg-AP-det"):
+        assert no_defects[name] is None and "no defect images among 3" in no_defects["undefined"][name]
+    masks[:, 1, 1] = True
+    no_good = compute_metrics([0.1, 0.5, 0.2], [1, 1, 1], maps, masks)
+    assert no_good["I-AUROC"] is None and "no good images among 3" in no_good["undefined"]["I-AUROC"]
+    unusable = compute_metrics([0.1, 0.5, 0.2], [1, 1, 1], maps, masks, [False] * 3)
+    for name in ("P-AUROC", "AP-loc", "AUPRO"):
+        reason = unusable["undefined"][name]
+        assert unusable[name] is None and "no image has a usable ground-truth mask (segmented is all False)" in reason
+    full = compute_metrics([0.1, 0.5, 0.2], [1, 1, 1], maps, np.ones_like(masks))
+    assert full["P-AUROC"] is None and "every pixel is a defect pixel" in full["undefined"]["P-AUROC"]
+    undefined = f1_thresholds([0.1, 0.5, 0.2], [0, 0, 0], maps, np.zeros_like(masks))["undefined"]
+    assert "no defect pixels" in undefined["pixel"] and "no defect images" in undefined["image"]
+
+
+def test_compute_metrics_passes_its_fpr_limit_to_aupro():
+    maps, masks = _random_case(np.random.default_rng(2), ties=False)
+    labels = masks.reshape(len(masks), -1).any(axis=1)
+    result = compute_metrics(labels.astype(np.float32), labels, maps, masks, fpr_limit=0.2)
+    assert result["AUPRO"] == pytest.approx(anomalib_aupro(maps, masks, limit=0.2), abs=2e-6)
+    assert abs(result["AUPRO"] - anomalib_aupro(maps, masks, limit=0.3)) > 1e-3  # the limit matters here
+
+
+def test_at_threshold_hand_cases_and_undefined_rates():
+    values = np.array([0.9, 0.7, 0.4, 0.2], np.float32)
+    # predicted 0.9, 0.7; true 0.9, 0.4 -> P = R = F1 = 1/2
+    assert at_threshold(values, [1.0, 0.0, 1.0, 0.0], 0.5) == {"precision": 0.5, "recall": 0.5, "f1": 0.5}
+    assert at_threshold(values, [1, 0, 1, 0], 0.95) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}  # none predicted
+    assert at_threshold(values, [0, 0, 0, 0], 0.5) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}  # no true ones
+
+
+def test_f1_optimal_threshold_edge_cases():
+    # top score defect-free (P = R = 0 there); best F1 0.5 at 0.8 (P = R = 1/2), not at the low end (P + R > 1)
+    values = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0], np.float32)
+    assert f1_optimal_threshold(values, [0, 1, 0, 0, 0, 0, 0, 0, 1, 0]) == pytest.approx(0.75)
+    assert f1_optimal_threshold([0.6, 0.2], [1, 1]) == pytest.approx(0.2)  # nothing below the best: itself
+    assert f1_optimal_threshold([0.6, 0.2, 0.1], np.array([255, 0, 0], np.uint8)) == pytest.approx(0.4)  # PNG masks
+    # float64 scores are read as float32 (the model's output): 0.5 + 1e-12 ties 0.5 -> F1 2/3 at 0.5, kept as is
+    assert f1_optimal_threshold(np.array([0.5, 0.5 + 1e-12]), [0, 1]) == 0.5
+    with pytest.raises(ValueError, match=r"values \(3\) and targets \(2\) differ in size"):
+        f1_optimal_threshold([0.1, 0.2, 0.3], [0, 1])
+
+
+def test_f1_thresholds_use_only_segmented_images_and_name_what_is_not_a_probability():
+    maps, masks = _row_images(
+        [(0.62, "D"), (0.5, "D"), (0.55, "."), (0.3, ".")], [(0.2, "."), (0.45, ".")] * 2, [(0.6, ".")] * 4
+    )
+    # the third image is a defect without a mask: left out, the pixel threshold stays the hand case's 0.475
+    thresholds = f1_thresholds([0.9, 0.2, 0.8], [1, 0, 1], maps, masks, [True, True, False])
+    assert thresholds == {"image": pytest.approx(0.5), "pixel": pytest.approx(0.475)}
+    with pytest.raises(ValueError, match=r"maps must be probabilities in \[0, 1\].*map_sigmoid=True"):
+        f1_thresholds([0.9, 0.2, 0.8], [1, 0, 1], maps * 2.4, masks)  # only above 1
+    with pytest.raises(ValueError, match=r"scores must be probabilities in \[0, 1\].*use sigmoid scores"):
+        f1_thresholds([0.9, -0.2, 0.8], [1, 0, 1], maps, masks)  # only below 0
+
+
+def test_weighted_pixel_samples_without_defect_free_pixels():
+    values, targets, weights = weighted_pixel_samples(np.zeros(0, np.float32), np.array([0.5, 0.3, 0.5], np.float32))
+    assert values.tolist() == pytest.approx([0.3, 0.5]) and targets.tolist() == [True, True]
+    assert weights.tolist() == [1.0, 2.0]
