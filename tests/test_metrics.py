@@ -9,6 +9,7 @@ from sklearn.metrics import average_precision_score
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve
 
+from training.aupro import _background
 from training.aupro import aupro
 from training.aupro import label_regions
 from training.metrics import METRIC_NAMES
@@ -471,3 +472,47 @@ def test_weighted_pixel_samples_without_defect_free_pixels():
     values, targets, weights = weighted_pixel_samples(np.zeros(0, np.float32), np.array([0.5, 0.3, 0.5], np.float32))
     assert values.tolist() == pytest.approx([0.3, 0.5]) and targets.tolist() == [True, True]
     assert weights.tolist() == [1.0, 2.0]
+
+
+def _one_row(background, defect=1.0):
+    """One image: the given defect-free scores, then one defect pixel -> maps, masks [1, 1, W]."""
+    maps = np.array([[[*background, defect]]], np.float32)
+    masks = np.zeros_like(maps, bool)
+    masks[..., -1] = True
+    return maps, masks
+
+
+def test_aupro_cut_off_on_ten_million_defect_free_pixels():
+    # torchmetrics' float32 FPR m / count <= float32(0.3): the largest m, found by trying every candidate near 0.3
+    count = 10**7
+    candidates = np.arange(2_990_000, 3_010_000)
+    most = int(candidates[np.float32(candidates) / np.float32(count) <= np.float32(0.3)].max())
+    bg = _background(np.arange(count, dtype=np.float32), 0.3)  # distinct scores 0 .. count - 1
+    assert int(bg.at_or_above[-2]) == most and bg.cut == count - 1 - most
+
+
+def test_aupro_undefined_cases_say_why():
+    for background, share in (([0.1, 0.2, 0.9], "33.3%"), ([0.1, 0.2, 0.9, 0.9], "50.0%"), ([0.4] * 3, "100.0%")):
+        value, reason = aupro(*_one_row(background))  # the top score alone is > 30% of the defect-free pixels
+        assert value is None and f"0 < FPR <= 0.3: {share} of the defect-free pixels share the highest score" in reason
+    assert aupro(*_one_row([0.4]))[1].startswith("no operating point")
+    maps, masks = _one_row([0.1, 0.2])
+    value, reason = aupro(maps, np.zeros_like(masks))
+    assert value is None and "no defect pixels in the ground truth: AUPRO needs at least one defect region" in reason
+    value, reason = aupro(maps, np.ones_like(masks))
+    assert value is None and "no defect-free pixels: AUPRO's false-positive rate is undefined" in reason
+    for limit in (0.0, 1.0):
+        with pytest.raises(ValueError, match=rf"fpr_limit must be in \(0, 1\), got {limit}"):
+            aupro(maps, masks, limit)
+
+
+def test_aupro_fpr_limit_and_vertical_steps_match_literal_anomalib():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((1, 16, 16), bool)
+    masks[0, 4:12, 4:12] = True  # one region: 64 defect pixels, 192 defect-free
+    maps = rng.random(masks.shape).astype(np.float32)
+    # defect scores in 8 tight clusters: long vertical ROC steps, tied FPRs on the grid (sorted stably, as anomalib)
+    maps[masks] = (rng.integers(0, 8, 64) / 8 + rng.random(64) * 1e-3).astype(np.float32)
+    maps = (maps - maps.min()) / (maps.max() - maps.min())
+    assert aupro(maps, masks)[0] == pytest.approx(anomalib_aupro(maps, masks), abs=2e-6)
+    assert aupro(maps, masks, 0.2)[0] == pytest.approx(anomalib_aupro(maps, masks, limit=0.2), abs=2e-6)
