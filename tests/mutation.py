@@ -44,9 +44,10 @@ class Target:
 # the server (mutmut cannot see what a subprocess calls, and a server per mutant is too slow), the report tests'
 # overlay rendering (seconds each, no metric checked), and the slower duplicate geometries of the folded graph.
 FOLDED = "tests/test_folded.py::"
+METRIC_TESTS = ("tests/test_metrics.py", "tests/test_aupro.py")
 TARGETS = {
-    "metrics": Target("training/metrics.py", ("tests/test_metrics.py", "-k", "not bench_metrics_script")),
-    "aupro": Target("training/aupro.py", ("tests/test_metrics.py", "-k", "not bench_metrics_script")),
+    "metrics": Target("training/metrics.py", (*METRIC_TESTS, "-k", "not bench_metrics_script")),
+    "aupro": Target("training/aupro.py", (*METRIC_TESTS, "-k", "not bench_metrics_script")),
     "losses": Target("training/losses.py", ("tests/test_losses.py",)),
     "generator": Target(
         "training/generator.py",

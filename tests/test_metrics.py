@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from aupro_oracle import anomalib_aupro
+from aupro_oracle import random_case
+from aupro_oracle import row_images
 from sklearn.metrics import average_precision_score
 from sklearn.metrics import roc_auc_score
-from sklearn.metrics import roc_curve
 
-from training.aupro import _background
-from training.aupro import aupro
-from training.aupro import label_regions
 from training.metrics import METRIC_NAMES
 from training.metrics import at_threshold
 from training.metrics import check_predictions
@@ -20,64 +18,6 @@ from training.metrics import f1_optimal_threshold
 from training.metrics import f1_thresholds
 from training.metrics import min_max
 from training.metrics import weighted_pixel_samples
-
-
-def _row_images(*rows):
-    """Each row -> one [1, W] image; returns maps [N, 1, W] float32 and masks [N, 1, W] bool ('D' = defect)."""
-    maps = np.array([[[v for v, _ in row]] for row in rows], dtype=np.float32)
-    masks = np.array([[[c == "D" for _, c in row]] for row in rows])
-    return maps, masks
-
-
-# ---- a literal transcription of anomalib 0.7 AUPRO.compute_pro (float32 torch), the oracle --------------------
-
-
-def _roc32(preds: np.ndarray, target: np.ndarray):
-    """torchmetrics binary_roc: one point per distinct score plus the origin, rates as float32 quotients."""
-    fpr, tpr, _ = roc_curve(target, preds, drop_intermediate=False)
-    negatives, positives = int((~target).sum()), int(target.sum())
-    fps = np.rint(fpr * negatives).astype(np.float32)
-    tps = np.rint(tpr * positives).astype(np.float32)
-    return torch.from_numpy(fps / np.float32(negatives)), torch.from_numpy(tps / np.float32(positives))
-
-
-def _interp1d(old_x, old_y, new_x):
-    eps = torch.finfo(old_y.dtype).eps
-    slope = (old_y[1:] - old_y[:-1]) / (eps + (old_x[1:] - old_x[:-1]))
-    idx = torch.clamp(torch.searchsorted(old_x, new_x) - 1, 0, old_x.size(0) - 2)
-    return old_y[idx] + slope[idx] * (new_x - old_x[idx])
-
-
-def anomalib_aupro(maps: np.ndarray, masks: np.ndarray, limit: float = 0.3) -> float:
-    """One full ROC per region over background + region, cut at 0.3, resampled on the global index grid."""
-    labels, n_regions = label_regions(masks)
-    cca, preds, target = torch.from_numpy(labels.reshape(-1)), maps.reshape(-1), masks.reshape(-1)
-    lim = torch.tensor(limit)
-    size = int((_roc32(preds, target)[0] <= lim).sum())
-    tpr_sum, fpr_sum = torch.zeros(size), torch.zeros(size)
-    new_idx = torch.arange(0, size, dtype=torch.float)
-    background = (cca == 0).numpy()
-    for label in cca.unique()[1:]:
-        new_idx[-1] = size - 1
-        region = (cca == label).numpy()
-        fpr, tpr = _roc32(preds[background | region], region[background | region])
-        idx = torch.where(fpr <= lim)[0]
-        interpolate = not torch.allclose(fpr[idx].max(), lim)
-        if interpolate:
-            nxt = torch.searchsorted(fpr, lim)
-            idx = torch.cat([idx, nxt.unsqueeze(0)])
-            slope = 1 - ((fpr[nxt] - lim) / (fpr[nxt] - fpr[nxt - 1]))
-        fpr, tpr = fpr[idx], tpr[idx]
-        x = idx.float()
-        x = x / x.max() * new_idx.max()
-        if interpolate:
-            new_idx[-1] = x[-2] + (x[-1] - x[-2]) * slope
-        tpr_sum += _interp1d(x, tpr, new_idx)
-        fpr_sum += _interp1d(x, fpr, new_idx)
-    tpr_sum, fpr_sum = tpr_sum / n_regions, fpr_sum / n_regions
-    order = torch.sort(fpr_sum, stable=True).indices
-    return float(torch.trapz(tpr_sum[order], fpr_sum[order]) / fpr_sum[-1])
-
 
 # ---- hand-computed cases ---------------------------------------------------------------------------------------
 
@@ -97,87 +37,11 @@ def test_image_metrics_hand_case():
 
 
 def test_pixel_auroc_ap_hand_case_with_a_tie():
-    maps, masks = _row_images([(1.0, "D"), (0.5, "D"), (0.5, "."), (0.2, "."), (0.0, ".")])
+    maps, masks = row_images([(1.0, "D"), (0.5, "D"), (0.5, "."), (0.2, "."), (0.0, ".")])
     result = compute_metrics([0.7], [1], maps, masks)
     assert result["P-AUROC"] == pytest.approx(5.5 / 6)  # 6 pairs; the tie at 0.5 counts one half
     assert result["AP-loc"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
     assert result["I-AUROC"] is None and "need both good and defect" in result["undefined"]["I-AUROC"]
-
-
-def test_aupro_interpolates_at_fpr_03_several_regions_in_one_image():
-    # regions A (1 px) and B (2 px) in one image, 4 background pixels: per-region FPRs step by 0.25, never 0.3.
-    # Global ROC <= 0.3: origin, 1.0, 0.9, 0.8 -> 4 grid points. Each region ROC is cut after FPR 0.25, extended
-    # to the point at FPR 0.5 and sampled at 0.2 of that last step (FPR 0.3). A: TPR 0,1,1,1; B: 0,.5,.5,.5;
-    # FPR 0,0,.25,.3 for both -> mean TPR .75 from FPR 0 to 0.3 -> AUPRO 0.75.
-    maps, masks = _row_images([(0.9, "D"), (0.8, "."), (1.0, "D"), (0.5, "D"), (0.6, "."), (0.2, "."), (0.0, ".")])
-    assert label_regions(masks)[1] == 2
-    value, reason = aupro(maps, masks)
-    assert reason is None and value == pytest.approx(0.75, abs=1e-6)
-    assert anomalib_aupro(maps, masks) == pytest.approx(0.75, abs=1e-6)
-
-
-def test_aupro_regions_across_images_on_the_common_index_grid():
-    # one region per image, 6 background pixels; global grid: origin, 1.0, 0.9 (FPR 1/6) -> 3 points.
-    # A: points (fpr, tpr) (0,0) (1/6,0) (1/6,1) (1/3,1) at x = 0, 2/3, 4/3, 2; samples at x = 0, 1, 4/3+0.8*2/3
-    #    -> TPR 0, 0.5, 1 and FPR 0, 1/6, 0.3 (the index grid interpolates across the vertical step).
-    # B: points (0,0) (1/6,0) (1/3,0) at x = 0, 1, 2; samples at 0, 1, 1.8 -> TPR 0, 0, 0; FPR 0, 1/6, 0.3.
-    # mean: TPR 0, .25, .5 over FPR 0, 1/6, .3 -> (1/6 * .125 + (0.3 - 1/6) * .375) / 0.3
-    maps, masks = _row_images(
-        [(0.9, "D"), (0.7, "."), (0.3, "."), (0.0, ".")],
-        [(0.4, "D"), (1.0, "."), (0.6, "."), (0.2, ".")],
-    )
-    expected = (1 / 6 * 0.125 + (0.3 - 1 / 6) * 0.375) / 0.3
-    value, reason = aupro(maps, masks)
-    assert reason is None and value == pytest.approx(expected, abs=1e-6)
-    assert anomalib_aupro(maps, masks) == pytest.approx(expected, abs=1e-6)
-
-
-def _random_case(rng, ties: bool, background_pixels_exact: bool = False):
-    n, h, w = int(rng.integers(1, 4)), int(rng.integers(4, 14)), int(rng.integers(4, 14))
-    if background_pixels_exact:  # 10 background pixels: FPR 0.3 is an exact ROC point (no interpolation)
-        n, h, w = 1, 4, 4
-        masks = np.zeros((n, h, w), bool)
-        masks[0, 0, :2] = masks[0, 2:, :2] = True  # 6 defect pixels in 2 regions
-    else:
-        masks = rng.random((n, h, w)) < rng.uniform(0.05, 0.3)
-    maps = rng.integers(0, 8, (n, h, w)) / 7 if ties else rng.random((n, h, w))
-    maps = (maps + masks * rng.uniform(0, 0.6)).astype(np.float32)
-    return (maps - maps.min()) / (maps.max() - maps.min()), masks
-
-
-@pytest.mark.parametrize("seed", range(12))
-def test_aupro_equals_literal_anomalib_on_random_cases(seed):
-    rng = np.random.default_rng(seed)
-    maps, masks = _random_case(rng, ties=seed % 3 == 0, background_pixels_exact=seed == 1)
-    value, reason = aupro(maps, masks)
-    if reason is not None:  # degenerate (top background score shared by > 30% of the background): say so
-        assert "no operating point" in reason
-        return
-    assert value == pytest.approx(anomalib_aupro(maps, masks), abs=2e-6)
-
-
-def test_aupro_of_perfect_and_constant_maps():
-    rng = np.random.default_rng(0)
-    masks = np.zeros((3, 16, 16), bool)
-    masks[0, 2:5, 2:5] = masks[0, 10:14, 9:15] = masks[2, 0:2, 0:9] = True  # 3 regions, 2 images
-    perfect = np.where(masks, 1.0, rng.uniform(0, 0.9, masks.shape)).astype(np.float32)
-    value, reason = aupro(perfect, masks)
-    # 1 up to anomalib's index-grid resampling: the first grid step lands just past the origin-to-TPR-1 jump
-    assert reason is None and value == pytest.approx(1.0, abs=1e-4)
-    assert value == pytest.approx(anomalib_aupro(perfect, masks), abs=1e-7)
-    labels = masks.reshape(3, -1).any(axis=1)
-    result = compute_metrics(labels.astype(np.float32), labels, np.full(masks.shape, 0.7, np.float32), masks)
-    assert result["AUPRO"] is None and "no operating point with 0 < FPR <= 0.3" in result["undefined"]["AUPRO"]
-    assert result["P-AUROC"] == 0.5 and result["AP-loc"] == pytest.approx(masks.mean())
-
-
-def test_label_regions_8_connected_per_image():
-    masks = np.zeros((2, 4, 4), bool)
-    masks[0, 0, 0] = masks[0, 1, 1] = True  # diagonal neighbours: one region
-    masks[0, 3, 3] = True
-    masks[1, 0, 0] = True  # same place in the next image: its own region
-    labels, count = label_regions(masks)
-    assert count == 3 and labels[0, 0, 0] == labels[0, 1, 1] != labels[1, 0, 0]
 
 
 # ---- agreement with scikit-learn, normalisation, thresholds ------------------------------------------------------
@@ -230,17 +94,17 @@ def test_f1_optimal_threshold_hand_case_and_raw_probability_space():
     threshold = f1_optimal_threshold(values, [0, 1, 0, 1, 1])
     assert threshold == pytest.approx(0.2)
     assert at_threshold(values, [0, 1, 0, 1, 1], threshold)["f1"] == pytest.approx(6 / 7)
-    maps, masks = _row_images([(0.62, "D"), (0.5, "D"), (0.55, "."), (0.3, ".")], [(0.2, "."), (0.45, ".")] * 2)
+    maps, masks = row_images([(0.62, "D"), (0.5, "D"), (0.55, "."), (0.3, ".")], [(0.2, "."), (0.45, ".")] * 2)
     thresholds = f1_thresholds([0.9, 0.2], [1, 0], maps, masks)
     # best 0.9 / 0.5, midway to 0.2 / 0.45; raw map values, not min-max
     assert thresholds == {"image": pytest.approx(0.55), "pixel": pytest.approx(0.475)}
 
 
 def test_thresholds_need_probabilities_and_defects():
-    maps, masks = _row_images([(3.0, "D"), (-1.0, ".")], [(0.0, "."), (0.5, ".")])
+    maps, masks = row_images([(3.0, "D"), (-1.0, ".")], [(0.0, "."), (0.5, ".")])
     with pytest.raises(ValueError, match="probabilities"):
         f1_thresholds([0.9, 0.1], [1, 0], maps, masks)
-    maps, masks = _row_images([(0.9, "."), (0.1, ".")])
+    maps, masks = row_images([(0.9, "."), (0.1, ".")])
     thresholds = f1_thresholds([0.4], [0], maps, masks)
     assert set(thresholds) == {"undefined"} and "no defect images" in thresholds["undefined"]["image"]
     with pytest.raises(ValueError, match="no positive targets"):
@@ -319,7 +183,7 @@ def _brute_force_f1_threshold(values: np.ndarray, targets: np.ndarray) -> float:
 def test_pixel_metrics_hand_case_background_tied_with_a_defect_between_two_others():
     # defects 0.9 and 0.5, defect-free 0.7 (between them), 0.5 (tied) and 0.1: of the 6 (defect, defect-free)
     # pairs, 0.9 wins 3, 0.5 loses to 0.7, ties 0.5 (one half) and beats 0.1 -> P-AUROC 4.5 / 6 = 0.75.
-    maps, masks = _row_images([(0.9, "D"), (0.7, "."), (0.5, "D"), (0.5, "."), (0.1, ".")])
+    maps, masks = row_images([(0.9, "D"), (0.7, "."), (0.5, "D"), (0.5, "."), (0.1, ".")])
     result = compute_metrics([0.7], [1], maps, masks)
     assert result["P-AUROC"] == pytest.approx(0.75)
     # AP: threshold 0.9 -> P 1, R 1/2; threshold 0.5 -> 2 of 4 predicted are defects, R 1 -> 1/2 + 1/2 * 1/2
@@ -367,10 +231,10 @@ def test_float32_min_max_ties_like_the_official_code():
     result = compute_metrics([_LOW, _A, _B, _HIGH], [0, 0, 1, 1], maps, np.zeros((4, 2, 2), bool))
     assert result["I-AUROC"] == pytest.approx(0.875)
     # pixels: defect _B, defect-free _A (tied after normalising), _LOW and _HIGH -> P-AUROC (0.5 + 1 + 0) / 3
-    maps, masks = _row_images([(_B, "D"), (_A, "."), (_LOW, "."), (_HIGH, ".")])
+    maps, masks = row_images([(_B, "D"), (_A, "."), (_LOW, "."), (_HIGH, ".")])
     assert compute_metrics([0.7], [1], maps, masks)["P-AUROC"] == pytest.approx(0.5)
     # float64 maps are read as float32 (the model's output): 0.5 + 1e-12 ties 0.5
-    maps64, masks = _row_images([(0.5, "D"), (0.5, "."), (0.0, "."), (1.0, ".")])
+    maps64, masks = row_images([(0.5, "D"), (0.5, "."), (0.0, "."), (1.0, ".")])
     maps64 = maps64.astype(np.float64)
     maps64[0, 0, 0] += 1e-12
     assert compute_metrics([0.7], [1], maps64, masks)["P-AUROC"] == pytest.approx(0.5)
@@ -428,7 +292,7 @@ def test_undefined_metrics_say_which_images_or_pixels_are_missing():
 
 
 def test_compute_metrics_passes_its_fpr_limit_to_aupro():
-    maps, masks = _random_case(np.random.default_rng(2), ties=False)
+    maps, masks = random_case(np.random.default_rng(2), ties=False)
     labels = masks.reshape(len(masks), -1).any(axis=1)
     result = compute_metrics(labels.astype(np.float32), labels, maps, masks, fpr_limit=0.2)
     assert result["AUPRO"] == pytest.approx(anomalib_aupro(maps, masks, limit=0.2), abs=2e-6)
@@ -456,7 +320,7 @@ def test_f1_optimal_threshold_edge_cases():
 
 
 def test_f1_thresholds_use_only_segmented_images_and_name_what_is_not_a_probability():
-    maps, masks = _row_images(
+    maps, masks = row_images(
         [(0.62, "D"), (0.5, "D"), (0.55, "."), (0.3, ".")], [(0.2, "."), (0.45, ".")] * 2, [(0.6, ".")] * 4
     )
     # the third image is a defect without a mask: left out, the pixel threshold stays the hand case's 0.475
@@ -472,47 +336,3 @@ def test_weighted_pixel_samples_without_defect_free_pixels():
     values, targets, weights = weighted_pixel_samples(np.zeros(0, np.float32), np.array([0.5, 0.3, 0.5], np.float32))
     assert values.tolist() == pytest.approx([0.3, 0.5]) and targets.tolist() == [True, True]
     assert weights.tolist() == [1.0, 2.0]
-
-
-def _one_row(background, defect=1.0):
-    """One image: the given defect-free scores, then one defect pixel -> maps, masks [1, 1, W]."""
-    maps = np.array([[[*background, defect]]], np.float32)
-    masks = np.zeros_like(maps, bool)
-    masks[..., -1] = True
-    return maps, masks
-
-
-def test_aupro_cut_off_on_ten_million_defect_free_pixels():
-    # torchmetrics' float32 FPR m / count <= float32(0.3): the largest m, found by trying every candidate near 0.3
-    count = 10**7
-    candidates = np.arange(2_990_000, 3_010_000)
-    most = int(candidates[np.float32(candidates) / np.float32(count) <= np.float32(0.3)].max())
-    bg = _background(np.arange(count, dtype=np.float32), 0.3)  # distinct scores 0 .. count - 1
-    assert int(bg.at_or_above[-2]) == most and bg.cut == count - 1 - most
-
-
-def test_aupro_undefined_cases_say_why():
-    for background, share in (([0.1, 0.2, 0.9], "33.3%"), ([0.1, 0.2, 0.9, 0.9], "50.0%"), ([0.4] * 3, "100.0%")):
-        value, reason = aupro(*_one_row(background))  # the top score alone is > 30% of the defect-free pixels
-        assert value is None and f"0 < FPR <= 0.3: {share} of the defect-free pixels share the highest score" in reason
-    assert aupro(*_one_row([0.4]))[1].startswith("no operating point")
-    maps, masks = _one_row([0.1, 0.2])
-    value, reason = aupro(maps, np.zeros_like(masks))
-    assert value is None and "no defect pixels in the ground truth: AUPRO needs at least one defect region" in reason
-    value, reason = aupro(maps, np.ones_like(masks))
-    assert value is None and "no defect-free pixels: AUPRO's false-positive rate is undefined" in reason
-    for limit in (0.0, 1.0):
-        with pytest.raises(ValueError, match=rf"fpr_limit must be in \(0, 1\), got {limit}"):
-            aupro(maps, masks, limit)
-
-
-def test_aupro_fpr_limit_and_vertical_steps_match_literal_anomalib():
-    rng = np.random.default_rng(0)
-    masks = np.zeros((1, 16, 16), bool)
-    masks[0, 4:12, 4:12] = True  # one region: 64 defect pixels, 192 defect-free
-    maps = rng.random(masks.shape).astype(np.float32)
-    # defect scores in 8 tight clusters: long vertical ROC steps, tied FPRs on the grid (sorted stably, as anomalib)
-    maps[masks] = (rng.integers(0, 8, 64) / 8 + rng.random(64) * 1e-3).astype(np.float32)
-    maps = (maps - maps.min()) / (maps.max() - maps.min())
-    assert aupro(maps, masks)[0] == pytest.approx(anomalib_aupro(maps, masks), abs=2e-6)
-    assert aupro(maps, masks, 0.2)[0] == pytest.approx(anomalib_aupro(maps, masks, limit=0.2), abs=2e-6)
