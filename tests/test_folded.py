@@ -66,6 +66,7 @@ def test_folded_equals_reference_float64(align_corners, adapt_cls, size):
     model = nontrivial_model(config, seed=int(align_corners) + 2 * int(adapt_cls), dtype=torch.float64)
     folded = FoldedSSN.from_model(model)
     assert folded.seg_w2.dtype == torch.float64 and folded.backbone is not model.backbone
+    assert folded.cls_bias.shape == (*config.feature_size, 128)  # the layout kernels/cls_head.py reads
     x = images(3, size, torch.float64)
     with torch.no_grad():
         l2, l3 = model.backbone(x)  # the heads see the same features; the backbone is a copy
@@ -243,6 +244,55 @@ def test_stale_message_names_the_tensor_and_source_may_go():
         folded.refresh()
 
 
+C = 384  # TINY's feature channels (resnet18: 128 + 256)
+
+
+def _unsupported_layers() -> list[tuple[str, nn.Module, str, str]]:
+    """(module path, replacement, "what it is", "what the folded graph needs") as the refusal message words them."""
+    return [
+        (
+            "adaptor",
+            nn.Conv2d(C, C, 1, stride=2),
+            "adaptor (in, out, kernel, bias) is (384, 384, ('stride/dilation/groups', (2, 2)), True)",
+            "(384, 384, (1, 1), True)",
+        ),
+        (
+            "seg_head.0",
+            nn.Conv2d(C, 1024, 1, groups=2),
+            "seg_head[0] (in, out, kernel, bias) is (384, 1024, ('stride/dilation/groups', (1, 1)), True)",
+            "(384, 1024, (1, 1), True)",
+        ),
+        ("seg_head.1", nn.BatchNorm2d(1024, affine=False), "seg_head[1] has running stats and affine is False", "True"),
+        ("seg_head.2", nn.LeakyReLU(0.1), "seg_head[2].negative_slope is 0.1", "0.2"),
+        (
+            "seg_head.3",
+            nn.Conv2d(1024, 1, 1),
+            "seg_head[3] (in, out, kernel, bias) is (1024, 1, (1, 1), True)",
+            "(1024, 1, (1, 1), False)",
+        ),
+        (
+            "cls_head.conv.0",
+            nn.Conv2d(C + 1, 128, 5, padding="same", dilation=2),
+            "cls_head.conv[0] (in, out, kernel, bias) is (385, 128, ('stride/dilation/groups', (1, 1)), True)",
+            "(385, 128, (5, 5), True)",
+        ),
+        ("cls_head.conv.0", nn.Conv2d(C + 1, 128, 5, padding=1), "cls_head.conv[0].padding is 'same' is False", "True"),
+        (
+            "cls_head.conv.0",
+            nn.Conv2d(C + 1, 128, 5, padding="same", padding_mode="reflect"),
+            "cls_head.conv[0].padding_mode is 'reflect'",
+            "'zeros'",
+        ),
+        (
+            "cls_head.conv.1",
+            nn.BatchNorm2d(128, track_running_stats=False),
+            "cls_head.conv[1] has running stats and affine is False",
+            "True",
+        ),
+        ("cls_head.fc", nn.Linear(258, 2), "cls_head.fc (in, out) is (258, 2)", "(258, 1)"),
+    ]
+
+
 def test_training_mode_and_unsupported_models_are_refused():
     model = make_model()
     with pytest.raises(UnsupportedModelError, match="training mode.*model.eval"):
@@ -259,6 +309,32 @@ def test_training_mode_and_unsupported_models_are_refused():
         FoldedSSN.from_model(model)
     with pytest.raises(UnsupportedModelError, match="cannot fold a Sequential"):
         FoldedSSN.from_model(nn.Sequential())
+    with pytest.raises(UnsupportedModelError) as err:
+        FoldedSSN.from_model(make_model().train())
+    assert str(err.value) == (
+        "cannot fold a model in training mode (BatchNorm would use batch statistics); call model.eval() first"
+    )
+    with pytest.raises(UnsupportedModelError, match=r"^cannot fold this model: seg_head/cls_head layer types is \["):
+        FoldedSSN.from_model(model)
+    # one layer the folding does not cover at a time: the message names it, what it is and what is needed
+    base = make_model()
+    for where, layer, found, needed in _unsupported_layers():
+        model = copy.deepcopy(base)
+        parent, _, name = where.rpartition(".")
+        setattr(model.get_submodule(parent), name, layer)
+        with pytest.raises(UnsupportedModelError) as err:
+            FoldedSSN.from_model(model.eval())
+        assert str(err.value) == f"cannot fold this model: {found}, the folded graph needs {needed}", where
+    # padding=2 on a 5x5 conv is padding "same": folded, and equal to the model
+    model = copy.deepcopy(base)
+    same = model.cls_head.conv[0]
+    model.cls_head.conv[0] = nn.Conv2d(C + 1, 128, 5, padding=2)
+    model.cls_head.conv[0].load_state_dict(same.state_dict())
+    x = images(1, TINY.image_size)
+    with torch.no_grad():
+        expected, got = base(x), FoldedSSN.from_model(model)(x)
+    torch.testing.assert_close(got.anomaly_map, expected.anomaly_map, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.score_logit, expected.score_logit, atol=1e-5, rtol=1e-5)
 
 
 def test_bad_images_are_refused():

@@ -126,3 +126,20 @@ def test_global_counts_make_split_batches_exact():
     torch.testing.assert_close(torch.cat([r[0] for r in results]) / 2, full_seg, atol=1e-7, rtol=1e-5)
     torch.testing.assert_close(torch.cat([r[1] for r in results]) / 2, full_score, atol=1e-7, rtol=1e-5)
     assert float((results[0][2] + results[1][2]) / 2) == pytest.approx(float(full_total), rel=1e-6)
+
+
+def test_every_tensor_stays_on_the_inputs_device():
+    """On a GPU the counts go to an NCCL all-reduce, which takes only tensors on that GPU, and a CPU-made helper
+    tensor would not mix with the inputs. The meta device stands in for the GPU here: any tensor made on the CPU
+    meets a meta tensor and raises. The reducer hands back the counts a real all-reduce would (meta has no values)."""
+    meta = torch.device("meta")
+    seen = []
+
+    def reducer(counts):
+        seen.append((counts.device, counts.shape))
+        return torch.tensor([24.0, 8.0, 2.0, 2.0])  # good pixels, bad pixels, segmented samples, samples
+
+    seg, mask = torch.empty(2, 1, 4, 4, device=meta), torch.empty(2, 1, 4, 4, device=meta)
+    parts = ssn_loss(seg, torch.empty(2, device=meta), mask, torch.empty(2, device=meta), counts_reducer=reducer)
+    assert seen == [(meta, (4,))]
+    assert all(part.device == meta and part.shape == () for part in parts)
