@@ -374,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         "--providers",
         nargs="+",
         default=list(DEFAULT_PROVIDERS),
-        choices=list(PROVIDERS),
-        help="inference formulations to time; ratios are against the first",
+        choices=[*PROVIDERS, *SERVED_PROVIDERS],
+        help="inference formulations to time; ratios are against the first (triton-grpc: its own table)",
     )
     parser.add_argument("--no-probe", action="store_true", help="CPU: skip the GEMM-rate probe (one backbone's work)")
     parser.add_argument(

@@ -63,3 +63,11 @@ def test_throughput_rejects_bad_batch(tmp_path):
     cmd = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--batch", "0"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 2 and "--batch values must be >= 1" in out.stderr
+
+
+def test_throughput_accepts_every_documented_provider(tmp_path):
+    """Every provider README names parses (the served `triton-grpc` included); the run then stops at the bad batch."""
+    providers = ["reference", "fast-cpu", "folded", "triton", "torch-compile", "onnxruntime", "anomalib", "triton-grpc"]
+    cmd = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--providers", *providers, "--batch", "0"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "invalid choice" not in out.stderr and "--batch values must be >= 1" in out.stderr, out.stderr
