@@ -26,7 +26,8 @@ _MASK64 = (1 << 64) - 1
 
 
 def mix_seed(*values: int) -> int:
-    """Deterministic 63-bit seed from integers (splitmix64 finaliser over the sequence)."""
+    """Deterministic 63-bit seed from integers: a multiply-xorshift mix over the sequence with splitmix64's constants
+    (not its shifts, so not splitmix64 itself; the seeds of every run depend on it as it is)."""
     h = 0x9E3779B97F4A7C15
     for v in values:
         h = (h ^ (int(v) & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
