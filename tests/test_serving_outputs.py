@@ -162,6 +162,19 @@ def test_predictor_default_stride_and_labels_without_thresholds(folded):
         np.testing.assert_allclose(result.anomaly_map, block_max(prob, 2), atol=1e-5)
 
 
+def test_predictor_takes_padded_rows_and_bytearrays(folded):
+    """The python backend hands frames as the zero-padded rows of one uint8 [n, nbytes] array."""
+    frames = [encode(scene(64, 96, seed=s)) for s in (15, 16)]
+    expected = _expected(folded, frames)
+    batch = np.zeros((2, max(map(len, frames)) + 7), np.uint8)
+    for row, data in zip(batch, frames):
+        row[: len(data)] = np.frombuffer(data, np.uint8)
+    results = Predictor(folded, Thresholds()).predict([batch[0], bytearray(frames[1])])
+    for (score, prob), result in zip(expected, results):
+        assert isinstance(result, FrameOutput) and result.score == pytest.approx(score, abs=1e-5)
+        np.testing.assert_allclose(result.anomaly_map, prob, atol=1e-5)
+
+
 def test_predictor_serves_a_webp_frame(folded):
     """WebP is one of the formats serving accepts; its file ends with zero bytes of its own."""
     data = encode(scene(64, 96, seed=14), "WEBP")
