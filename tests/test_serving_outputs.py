@@ -5,6 +5,7 @@ stride pooling written out here in numpy. The real server is checked the same wa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 
@@ -231,17 +232,19 @@ def test_predictor_torch_threads(folded):
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("impl", [None, "reference"])
-def test_anomaly_map_from_logits_is_the_models_map(impl):
-    """The ensemble's postprocess step: seg logits -> the model's own anomaly map (probabilities)."""
-    model = make_model(TINY, map_sigmoid=True)
+@pytest.mark.parametrize(("impl", "sigma"), [(None, 4.0), ("reference", 4.0), ("fast-cpu", 2.0), ("reference", 2.5)])
+def test_anomaly_map_from_logits_is_the_models_map(impl, sigma):
+    """The ensemble's postprocess step: seg logits -> the model's own anomaly map (probabilities), with the
+    config's Gaussian sigma."""
+    config = dataclasses.replace(TINY, sigma=sigma)
+    model = make_model(config, map_sigmoid=True)
     x = torch.randn(2, 3, *TINY.image_size, generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
-        feats = model.features(x, need_pooled=not TINY.adapt_cls_features)
+        feats = model.features(x, need_pooled=not config.adapt_cls_features)
         seg_logits, _ = model.heads(feats.adapted, model.cls_input(feats))
         want = model(x).anomaly_map
         args = () if impl is None else (impl,)
-        got = anomaly_map_from_logits(seg_logits, TINY, *args)
+        got = anomaly_map_from_logits(seg_logits, config, *args)
     assert got.shape == want.shape == (2, 1, *TINY.image_size)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert float(got.min()) >= 0 and float(got.max()) <= 1
