@@ -80,6 +80,16 @@ def test_jpeg_refusals_say_what_is_wrong(data, message):
     assert refused(data) == message
 
 
+def test_only_zero_bytes_are_padding_and_one_soi():
+    """Bytes after the end marker other than zero padding make the frame no JPEG file; so does a second SOI
+    (ITU-T T.81 B.2.1: one SOI per image; libjpeg refuses "two SOI markers")."""
+    frame = jpeg(APP0, sof(90, 120), SOS)
+    assert check_frame(frame + b"\x00" * 3).width == 120
+    message = f"truncated JPEG: no end-of-image marker (FFD9) after {len(frame) + 2} bytes"
+    assert refused(frame + b"XX") == message
+    assert refused(SOI + frame).startswith("corrupt JPEG: ")
+
+
 def test_empty_dimensions_and_the_pixel_limit():
     assert refused(jpeg(sof(0, 120))) == "JPEG header gives an empty image (120x0)"
     assert refused(jpeg(sof(90, 0))) == "JPEG header gives an empty image (0x90)"
@@ -115,6 +125,8 @@ def test_png_headers_and_chunks():
     assert refused(png_claiming(0, 5)) == "PNG header gives an empty image (0x5)"
     huge = refused(png_claiming(2**31 + 5, 1))
     assert huge.startswith("PNG header claims 2147483653x1 = 2147.5 MP, over the limit of 64.0 MP")
+    near = refused(png_claiming(72_050_001, 1), max_pixels=64_050_001)  # MP to one decimal, rounded
+    assert near.startswith("PNG header claims 72050001x1 = 72.1 MP, over the limit of 64.1 MP (max_image_pixels)")
 
 
 # ---- other formats, and frames that are no image at all ----------------------------------------------------------

@@ -1,6 +1,7 @@
 """The ONNX graph under onnxruntime as a served module: tied to its checkpoint, refused with the reason otherwise.
 
-The served results themselves (onnxruntime in tritonserver vs in-process PyTorch) are tests/test_serving.py, whose
+served_module's parameters are checked in tests/test_serving_outputs.py (serving's mutation target). The served
+results themselves (onnxruntime in tritonserver vs in-process PyTorch) are tests/test_serving.py, whose
 repository is `ssn deploy --target py`'s CPU default; the bench provider's outputs are tests/test_bench_cpu.py.
 """
 
@@ -20,7 +21,6 @@ from pipeline.deploy.deploy import deploy
 from pipeline.deploy.onnx_runtime import OnnxMismatchError
 from pipeline.deploy.onnx_runtime import check_onnx_matches
 from pipeline.deploy.onnx_runtime import load_onnx_module
-from pipeline.deploy.serving import served_module
 
 
 def _tiny_onnx(path, **metadata) -> None:
@@ -43,16 +43,6 @@ def test_onnx_is_tied_to_its_checkpoint(tmp_path):
     _tiny_onnx(tmp_path / "old.onnx", graph="full")  # written before the hash existed, or by another tool
     with pytest.raises(OnnxMismatchError, match="records no 'checkpoint_sha256'.*export it again"):
         load_onnx_module(tmp_path / "old.onnx", ours)
-
-
-def test_served_module_names_bad_parameters(tmp_path):
-    params = {"checkpoint": "model.safetensors", "impl": "folded", "onnx": "model.onnx"}
-    with pytest.raises(ValueError, match="runtime='tensorrt' is unknown; accepted: torch, onnxruntime"):
-        served_module(tmp_path, params | {"runtime": "tensorrt"})
-    with pytest.raises(ValueError, match="onnxruntime serves on CPU instances only, this instance is on cuda:0"):
-        served_module(tmp_path, params | {"runtime": "onnxruntime"}, "cuda:0")
-    with pytest.raises(ValueError, match="needs the config parameter 'onnx'"):
-        served_module(tmp_path, params | {"runtime": "onnxruntime", "onnx": ""})
 
 
 def test_deploy_refuses_onnxruntime_on_gpu(tmp_path):

@@ -5,6 +5,10 @@ stride pooling written out here in numpy. The real server is checked the same wa
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -25,6 +29,8 @@ from pipeline.deploy.serving import FrameOutput
 from pipeline.deploy.serving import Predictor
 from pipeline.deploy.serving import anomaly_map_from_logits
 from pipeline.deploy.serving import finish_frame
+from pipeline.deploy.serving import finish_logits
+from pipeline.deploy.serving import served_module
 from pipeline.folded import FoldedSSN
 from pipeline.frames import FrameError
 from pipeline.inference import Thresholds
@@ -61,6 +67,8 @@ def test_mask_at_and_below_the_pixel_threshold():
     assert out.anomaly_map.tolist() == [[0.5, 0.25], [0.75, pytest.approx(0.4999)]]
     assert out.mask.tolist() == [[1, 0], [1, 0]]
     assert finish_frame(0.1, prob, Thresholds(), 1).mask.shape == (0, 0)  # no pixel threshold: no mask
+    half = finish_frame(0.1, torch.tensor([[[0.5, 0.25]]], dtype=torch.float16), Thresholds(pixel=0.5), 1)
+    assert half.anomaly_map.dtype == np.float32 and half.mask.tolist() == [[1, 0]]  # an fp16 module's map
 
 
 def test_stride_2_on_an_odd_map_keeps_the_edge_pixels():
@@ -155,6 +163,19 @@ def test_predictor_default_stride_and_labels_without_thresholds(folded):
         np.testing.assert_allclose(result.anomaly_map, block_max(prob, 2), atol=1e-5)
 
 
+def test_predictor_takes_padded_rows_and_bytearrays(folded):
+    """The python backend hands frames as the zero-padded rows of one uint8 [n, nbytes] array."""
+    frames = [encode(scene(64, 96, seed=s)) for s in (15, 16)]
+    expected = _expected(folded, frames)
+    batch = np.zeros((2, max(map(len, frames)) + 7), np.uint8)
+    for row, data in zip(batch, frames):
+        row[: len(data)] = np.frombuffer(data, np.uint8)
+    results = Predictor(folded, Thresholds()).predict([batch[0], bytearray(frames[1])])
+    for (score, prob), result in zip(expected, results):
+        assert isinstance(result, FrameOutput) and result.score == pytest.approx(score, abs=1e-5)
+        np.testing.assert_allclose(result.anomaly_map, prob, atol=1e-5)
+
+
 def test_predictor_serves_a_webp_frame(folded):
     """WebP is one of the formats serving accepts; its file ends with zero bytes of its own."""
     data = encode(scene(64, 96, seed=14), "WEBP")
@@ -211,17 +232,126 @@ def test_predictor_torch_threads(folded):
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("impl", [None, "reference"])
-def test_anomaly_map_from_logits_is_the_models_map(impl):
-    """The ensemble's postprocess step: seg logits -> the model's own anomaly map (probabilities)."""
-    model = make_model(TINY, map_sigmoid=True)
+@pytest.mark.parametrize(("impl", "sigma"), [(None, 4.0), ("reference", 4.0), ("fast-cpu", 2.0), ("reference", 2.5)])
+def test_anomaly_map_from_logits_is_the_models_map(impl, sigma):
+    """The ensemble's postprocess step: seg logits -> the model's own anomaly map (probabilities), with the
+    config's Gaussian sigma."""
+    config = dataclasses.replace(TINY, sigma=sigma)
+    model = make_model(config, map_sigmoid=True)
     x = torch.randn(2, 3, *TINY.image_size, generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
-        feats = model.features(x, need_pooled=not TINY.adapt_cls_features)
+        feats = model.features(x, need_pooled=not config.adapt_cls_features)
         seg_logits, _ = model.heads(feats.adapted, model.cls_input(feats))
         want = model(x).anomaly_map
         args = () if impl is None else (impl,)
-        got = anomaly_map_from_logits(seg_logits, TINY, *args)
+        got = anomaly_map_from_logits(seg_logits, config, *args)
     assert got.shape == want.shape == (2, 1, *TINY.image_size)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert float(got.min()) >= 0 and float(got.max()) <= 1
+
+
+# ---- finish_logits: the ensemble's postprocess step, on constant logits ------------------------------------------
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_finish_logits_on_constant_logits_per_row(monkeypatch):
+    """A constant seg-logit map upsampled and reflect-blurred stays that constant, so each row's map must be the
+    sigmoid of its own constant: that tells the rows apart. fp16 logits (an fp16 engine's) are scored in float32.
+    Rows with map stride 0 send no map and skip the map op."""
+    from pipeline.deploy import serving
+
+    calls = []
+    original = serving.anomaly_map_from_logits
+    monkeypatch.setattr(serving, "anomaly_map_from_logits", lambda seg, *a: calls.append(len(seg)) or original(seg, *a))
+    score_logits = torch.tensor([[0.0], [2.0], [-1.0], [1.5]], dtype=torch.float16)
+    constants = (3.0, -2.0, 0.5, 1.0)
+    seg_logits = torch.stack([torch.full((1, 16, 24), c, dtype=torch.float16) for c in constants])
+    outputs = serving.finish_logits(score_logits, seg_logits, [0, 1, 2, 5], TINY, Thresholds(0.5, 0.6), "fast-cpu")
+    assert calls == [3]  # rows 1, 2 and 3 want a map
+    assert [o.score for o in outputs] == pytest.approx([sigmoid(x) for x in (0.0, 2.0, -1.0, 1.5)], abs=1e-6)
+    assert [o.label for o in outputs] == [1, 1, 0, 1]  # score >= 0.5
+    assert outputs[0].anomaly_map.shape == outputs[0].mask.shape == (0, 0)
+    for out, c, shape in zip(outputs[1:], constants[1:], [(64, 96), (32, 48), (13, 20)]):
+        assert out.anomaly_map.shape == shape and out.anomaly_map.dtype == np.float32
+        np.testing.assert_allclose(out.anomaly_map, sigmoid(c), atol=2e-7)  # float32 math: ~4e-8 off
+        assert (out.mask == int(sigmoid(c) >= 0.6)).all() and out.mask.shape == shape
+    for impl in ("reference", "fast-cpu"):  # fp16 logits in, float32 probabilities out
+        assert anomaly_map_from_logits(seg_logits[:1], TINY, impl).dtype == torch.float32
+    calls.clear()
+    none = serving.finish_logits(score_logits[:2], seg_logits[:2], [0, 0], TINY, Thresholds(), "reference")
+    assert calls == [] and [o.label for o in none] == [protocol.NO_LABEL] * 2
+
+
+def test_finish_logits_passes_on_its_map_impl():
+    seg_logits = torch.zeros(1, 1, 16, 24)
+    for impl in ("reference", "fast-cpu"):
+        (out,) = finish_logits(torch.zeros(1, 1), seg_logits, [1], TINY, Thresholds(), impl)
+        np.testing.assert_allclose(out.anomaly_map, 0.5, atol=1e-6)
+    with pytest.raises(ValueError, match="impl='sharp' is unknown"):
+        finish_logits(torch.zeros(1, 1), seg_logits, [1], TINY, Thresholds(), "sharp")
+
+
+# ---- served_module: the module the python-backend model serves ---------------------------------------------------
+
+
+def test_served_module_torch_runtime(tmp_path):
+    save_checkpoint(make_model(TINY), tmp_path / "ck.safetensors", "random")
+    folder = str(tmp_path)  # the backend passes a string
+    for params in (
+        {"checkpoint": "ck.safetensors", "impl": "folded"},
+        {"runtime": "", "checkpoint": "ck.safetensors", "impl": "folded"},
+    ):
+        module = served_module(folder, params)
+        assert isinstance(module, FoldedSSN) and module.map_sigmoid
+    module = served_module(folder, {"runtime": "torch", "checkpoint": "ck.safetensors", "impl": "reference"}, "cpu")
+    assert isinstance(module, SuperSimpleNet) and module.impl == "reference" and module.map_sigmoid
+
+
+def test_served_module_onnxruntime(tmp_path):
+    """A one-node graph with the metadata `ssn export` writes: served under onnxruntime with the threads asked for
+    (none asked: torch's thread count)."""
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper
+
+    from pipeline.deploy.onnx_runtime import OnnxModule
+
+    checkpoint = tmp_path / "ck.safetensors"
+    checkpoint.write_bytes(b"checkpoint bytes")
+    node = helper.make_node("Identity", ["images"], ["score"])
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("images", "score")]
+    graph = helper.make_model(helper.make_graph([node], "g", io[:1], io[1:]))
+    sha = hashlib.sha256(b"checkpoint bytes").hexdigest()
+    helper.set_model_props(graph, {"graph": "full", "config": TINY.to_json(), "checkpoint_sha256": sha})
+    onnx.save_model(graph, str(tmp_path / "g.onnx"))
+    params = {"runtime": "onnxruntime", "checkpoint": "ck.safetensors", "impl": "folded", "onnx": "g.onnx"}
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        module = served_module(str(tmp_path), params)
+        assert isinstance(module, OnnxModule) and module.path == tmp_path / "g.onnx" and module.config == TINY
+        assert module.session.get_session_options().intra_op_num_threads == 2
+        one = served_module(tmp_path, params | {"torch_threads": "1"}, "cpu")
+        assert one.session.get_session_options().intra_op_num_threads == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_served_module_names_bad_parameters(tmp_path):
+    params = {"checkpoint": "model.safetensors", "impl": "folded", "onnx": "model.onnx"}
+    with pytest.raises(
+        ValueError, match=r"^config parameter runtime='tensorrt' is unknown; accepted: torch, onnxruntime$"
+    ):
+        served_module(tmp_path, params | {"runtime": "tensorrt"})
+    with pytest.raises(
+        ValueError, match="^runtime onnxruntime serves on CPU instances only, this instance is on cuda:0$"
+    ):
+        served_module(tmp_path, params | {"runtime": "onnxruntime"}, "cuda:0")
+    for onnx_param in ({"onnx": ""}, {}):
+        with pytest.raises(
+            ValueError, match=r"^runtime onnxruntime needs the config parameter 'onnx' \(the graph file"
+        ):
+            served_module(tmp_path, {"runtime": "onnxruntime", "checkpoint": "m.safetensors"} | onnx_param)
