@@ -57,6 +57,9 @@ from bench import cpu_probe  # noqa: E402
 from bench import ort_provider  # noqa: E402
 from bench import peer_anomalib  # noqa: E402
 from bench import stream_grpc  # noqa: E402
+from bench.gpu_providers import GPU_PROVIDERS  # noqa: E402
+from bench.gpu_providers import engine_stage_calls  # noqa: E402
+from bench.gpu_providers import gpu_provider_module  # noqa: E402
 from bench.harness import environment  # noqa: E402
 from bench.harness import print_table  # noqa: E402
 from bench.harness import summarize  # noqa: E402
@@ -75,7 +78,7 @@ from pipeline.stats import provider_macs  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_PROVIDERS = (*reference.IMPLS, "folded")
-PROVIDERS = (*DEFAULT_PROVIDERS, "triton", "torch-compile", ort_provider.NAME, peer_anomalib.PEER)
+PROVIDERS = (*DEFAULT_PROVIDERS, *GPU_PROVIDERS, ort_provider.NAME, peer_anomalib.PEER)
 SERVED_PROVIDERS = ("triton-grpc",)  # bench/stream_grpc.py
 STAGES = ("backbone", "feature", "heads", "seg", "cls", "feat+heads", "seg+score", "postprocess", "e2e", "e2e+io")
 
@@ -123,25 +126,6 @@ def folded_stage_calls(folded: FoldedSSN, x: torch.Tensor) -> dict[str, callable
     }
 
 
-def engine_stage_calls(engine: GpuEngine, x: torch.Tensor) -> dict[str, callable]:
-    with torch.inference_mode():
-        l2, l3 = engine.folded.backbone_features(x)
-        seg_map, _ = engine.heads(l2, l3)
-    return {
-        "backbone": lambda: engine.folded.backbone_features(x),
-        "feat+heads": lambda: engine.heads(l2, l3),
-        "postprocess": lambda: engine.postprocess(seg_map),
-        "e2e": lambda: engine(x),
-    }
-
-
-def gpu_provider_module(model: SuperSimpleNet, provider: str) -> torch.nn.Module:
-    """`triton`: the GPU engine (the folded graph off CUDA); `torch-compile`: the folded graph, max-autotune."""
-    if provider == "triton":
-        return GpuEngine.from_model(model, dtype=model.adaptor.weight.dtype)
-    return torch.compile(FoldedSSN.from_model(model), mode="max-autotune", dynamic=False)  # one graph per batch
-
-
 def stage_calls(module: torch.nn.Module, x: torch.Tensor) -> dict[str, callable]:
     if isinstance(module, ort_provider.OrtProvider):
         return ort_provider.stage_calls(module, x)
@@ -167,7 +151,7 @@ def provider_modules(model: SuperSimpleNet, providers: list[str], compile_backbo
     if folded is not None and compile_backbone:
         folded.compile_backbone()
     modules = {p: folded if p == "folded" else model for p in providers}
-    return modules | {p: gpu_provider_module(model, p) for p in providers if p in ("triton", "torch-compile")}
+    return modules | {p: gpu_provider_module(model, p) for p in providers if p in GPU_PROVIDERS}
 
 
 def cpu_provider_modules(model: SuperSimpleNet, args: argparse.Namespace, notes: list[str]) -> dict[str, object]:
