@@ -15,6 +15,12 @@ import argparse
 import time
 from pathlib import Path
 
+RANDOM_UNSUPERVISED = (
+    "unsupervised training on a RANDOM backbone: its anomaly maps come out inverted on some seeds (README "
+    "'Training and evaluation': AUPRO 4-85 over four seeds). For a dependable model give labelled defects with "
+    "masks (the supervised regime; folder layout: train/defect + train/masks) or ImageNet weights "
+    "(--backbone-weights IMAGENET1K_V1 or a weights file), and read the report's warnings."
+)
 # preset -> the dataset layout it is tuned for (used when --dataset is not given)
 PRESET_DATASETS = {"mvtec": "mvtec", "visa": "visa", "ksdd2": "ksdd2", "sensum": "sensum", "sensum_softgel": "sensum"}
 
@@ -54,7 +60,8 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--supervision",
         choices=list(REGIMES),
-        help="regime with the authors' settings (default: supervised for ksdd2/sensum/tiny, else unsupervised)",
+        help="regime with the authors' settings (default: from the training split: every defect masked -> "
+        "supervised, some -> mixed, none -> weak, only good images -> unsupervised)",
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ModelConfig field")
     parser.add_argument("--epochs", type=int, help="epochs (default: the preset's; the paper uses 300)")
@@ -73,6 +80,21 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", type=Path, help="report folder (default: <out>.report)")
     parser.add_argument("--impl", default="fast-cpu", choices=["reference", "fast-cpu"], help="fused-op formulation")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_gate_flag(parser)
+
+
+def add_gate_flag(parser: argparse.ArgumentParser) -> None:
+    from training.evaluate import EXIT_BELOW
+    from training.evaluate import parse_gate
+
+    parser.add_argument(
+        "--fail-below",
+        action="append",
+        default=[],
+        type=parse_gate,
+        metavar="METRIC=VALUE",
+        help=f"exit with status {EXIT_BELOW} when a test-split metric is below VALUE (0.9 or 90%%), e.g. AUPRO=0.85",
+    )
 
 
 def parse_options(items: list[str]) -> dict:
@@ -113,6 +135,30 @@ def without_defect_masks(dataset):
     )
 
 
+def choose_regime(args, name: str, model, data_options: dict, log) -> str:
+    """--supervision, else the regime the training split's content calls for; printed with how to change it."""
+    from training.data.base import build_dataset
+    from training.regimes import REGIMES
+    from training.regimes import regime_for_split
+
+    if args.supervision:
+        log(f"supervision: {args.supervision} (--supervision)")
+        return args.supervision
+    probe = build_dataset(name, args.data, "train", model, args.category, **data_options)
+    labels = probe.labels
+    masked = sum(r.mask is not None for r in probe.records if r.label)
+    regime, why = regime_for_split(int((labels == 0).sum()), int(labels.sum()), masked)
+    others = "|".join(r for r in REGIMES if r != regime)
+    log(f"supervision: {regime}, from the training split ({why}); to change it: --supervision {others}")
+    return regime
+
+
+def warn(message: str) -> None:
+    import sys
+
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+
 def training_set(name: str, args, resolved, data_options: dict, log):
     from training.data.base import build_dataset
     from training.regimes import WEAK_THRESHOLD
@@ -131,6 +177,7 @@ def training_set(name: str, args, resolved, data_options: dict, log):
 def run_train(args) -> int:
     import torch
 
+    from pipeline.backbone import RANDOM
     from pipeline.config import get_preset
     from pipeline.config import override
     from training import distributed
@@ -142,14 +189,17 @@ def run_train(args) -> int:
     from training.trainer import fit
 
     start = time.perf_counter()
+    if args.fail_below and args.no_eval:
+        raise ValueError("--fail-below needs the evaluation: drop --no-eval")
     preset = get_preset(args.preset)
-    regime = args.supervision or ("supervised" if preset.train.supervised else "unsupervised")
-    resolved = resolve(preset, regime, override(preset.model, args.set), args.seed)
+    model_config = override(preset.model, args.set)
     name = dataset_name(args, preset.name)
     data_options = parse_options(args.data_option)
     info = distributed.init_distributed(torch.device(args.device))
     device = distributed.process_device(args.device, info)
     log = print if info.is_main else (lambda _m: None)
+    regime = choose_regime(args, name, model_config, data_options, log)
+    resolved = resolve(preset, regime, model_config, args.seed)
 
     train, resolved = training_set(name, args, resolved, data_options, log)
     batch = args.batch_size or resolved.train.batch_size
@@ -157,6 +207,8 @@ def run_train(args) -> int:
         resolved.model, args.backbone_weights, resolved.train.seed, args.impl, name == "synthetic", log
     )
     source = calibrate_if_random(model, source, train, batch, device, log)
+    if source.startswith(RANDOM) and regime == "unsupervised" and info.is_main:
+        warn(RANDOM_UNSUPERVISED)
     epochs = args.epochs or resolved.train.epochs
     opts = FitOptions(
         epochs=epochs,
@@ -176,9 +228,9 @@ def run_train(args) -> int:
         f"{name}{'/' + args.category if args.category else ''}: {epochs} epochs, batch {batch} x {info.world_size} "
         f"process(es), {device}, seed {resolved.train.seed}, perlin_thr {resolved.train.perlin_threshold}"
     )
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     result = fit(model, train, resolved, opts, device, info, log)
-    train_seconds = time.perf_counter() - t0
+    train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     distributed.shutdown(info)
     if not info.is_main:
         return 0
@@ -186,9 +238,9 @@ def run_train(args) -> int:
     if not finished:
         log(f"stopped after epoch {result.history[-1]['epoch'] if result.history else 0}; resume with --resume")
         return 0
-    log(f"trained in {train_seconds:.1f} s (feature cache: {result.cache})")
+    log(f"trained in {train_seconds:.1f} s, CPU {train_cpu:.1f} s (feature cache: {result.cache})")
 
-    thresholds = None
+    thresholds, code = None, 0
     if not args.no_eval:
         module = evaluate.inference_module(model)
         val, test, val_source = evaluate.validation_and_test(
@@ -196,16 +248,27 @@ def run_train(args) -> int:
         )
         thresholds = evaluate.choose_thresholds(evaluate.collect(module, val, batch, device), val_source)
         report_dir = args.report or args.out.with_name(args.out.name + ".report")
-        extra = {"train_seconds": train_seconds, "epochs": epochs, "preset": preset.name, "backbone": source}
+        extra = {
+            "train_seconds": train_seconds,
+            "train_cpu_seconds": train_cpu,
+            "epochs": epochs,
+            "batch_size": batch,
+            "preset": preset.name,
+            "backbone": source,
+            "train_config": repr(resolved.train),
+        }
         collected = evaluate.collect(module, test, batch, device)
         outcome = evaluate.report(collected, report_dir, name, args.category, regime, thresholds, extra)
         log(f"test split ({len(test)} images): {evaluate.format_metrics(outcome)}")
         log(f"thresholds: image {thresholds.get('image')}, pixel {thresholds.get('pixel')} ({val_source})")
         log(f"report: {report_dir}/report.md")
+        code = evaluate.announce(outcome, args.fail_below)
         model.map_sigmoid = False  # the checkpoint stores weights; serving chooses its output form
 
     from pipeline.checkpoint import save_checkpoint
 
     save_checkpoint(model, args.out, source, thresholds=thresholds)  # write, then rename
     log(f"checkpoint: {args.out} ({time.perf_counter() - start:.1f} s in total)")
-    return 0
+    if code:
+        log(f"ssn train: the checkpoint did not pass --fail-below (exit status {code}): do not deploy it")
+    return code

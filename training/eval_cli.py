@@ -14,6 +14,7 @@ from pathlib import Path
 
 def configure_eval(parser: argparse.ArgumentParser) -> None:
     from training.cli import add_data_flags
+    from training.cli import add_gate_flag
     from training.evaluate import PROVIDERS
     from training.regimes import REGIMES
 
@@ -36,6 +37,7 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
         "--provider", default="eager", choices=PROVIDERS, help="inference module that makes predictions"
     )
     parser.add_argument("--json", action="store_true", help="print metrics.json to stdout")
+    add_gate_flag(parser)
 
 
 def run_eval(args) -> int:
@@ -78,4 +80,4 @@ def run_eval(args) -> int:
         print(f"{name}{'/' + args.category if args.category else ''} test split ({len(test)} images)")
         print(evaluate.format_metrics(result))
         print(f"report: {out}/report.md")
-    return 0
+    return evaluate.announce(result, args.fail_below)

@@ -21,9 +21,7 @@ from pipeline.model import SuperSimpleNet
 
 PROVIDERS = ("eager", "folded")
 VAL_SEED = 0
-
-
-PROVIDERS = ("eager", "folded")
+EXIT_BELOW = 3  # `--fail-below` not met (2: bad input, 1: a crash)
 
 
 def inference_module(model: SuperSimpleNet, provider: str = "eager") -> torch.nn.Module:
@@ -126,3 +124,53 @@ def store_thresholds(checkpoint: Path, model: SuperSimpleNet, backbone_source: s
 
     embedded = read_metadata(checkpoint).get("backbone_embedded", "true") == "true"
     save_checkpoint(model, checkpoint, backbone_source, embedded, thresholds)
+
+
+def parse_gate(item: str) -> tuple[str, float]:
+    """`--fail-below METRIC=VALUE` -> (metric, fraction); VALUE a fraction (0.85) or a percentage (85%)."""
+    import argparse
+
+    from training.metrics import METRIC_NAMES
+
+    metric, sep, raw = item.partition("=")
+    if not sep or metric not in METRIC_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"{item!r}: expected METRIC=VALUE with METRIC one of {', '.join(METRIC_NAMES)}"
+        )
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{item!r}: VALUE must be a fraction in [0, 1] (0.85) or a percentage (85%)")
+    return metric, value
+
+
+def gate_failures(result: dict, gates: list[tuple[str, float]]) -> list[str]:
+    """The `--fail-below` gates a report's metrics do not meet (a metric that could not be computed fails)."""
+    failures = []
+    for metric, limit in gates:
+        value = result["metrics"].get(metric)
+        if value is None:
+            why = result.get("undefined", {}).get(metric, "not computed")
+            failures.append(f"{metric} could not be computed ({why}); required >= {100 * limit:.1f}")
+        elif value < limit:
+            failures.append(f"{metric} {100 * value:.1f} < {100 * limit:.1f}")
+    return failures
+
+
+def announce(result: dict, gates: list[tuple[str, float]]) -> int:
+    """Print the report's ranking warnings and the gates loudly (stderr); returns the exit status (0 or EXIT_BELOW)."""
+    import sys
+
+    banner = "!" * 100
+    if result.get("warnings"):
+        lines = [banner, *(f"WARNING: {w}" for w in result["warnings"]), banner]
+        print("\n".join(lines), file=sys.stderr, flush=True)
+    failures = gate_failures(result, gates)
+    if failures:
+        print(f"FAILED --fail-below: {'; '.join(failures)} (exit status {EXIT_BELOW})", file=sys.stderr, flush=True)
+        return EXIT_BELOW
+    if gates:
+        print("passed --fail-below: " + ", ".join(f"{m} >= {100 * v:.1f}" for m, v in gates), flush=True)
+    return 0

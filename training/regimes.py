@@ -101,3 +101,16 @@ def with_threshold(resolved: Resolved, threshold: float) -> Resolved:
     train = dataclasses.replace(resolved.train, perlin_threshold=threshold)
     generator = dataclasses.replace(resolved.generator, threshold=threshold)
     return dataclasses.replace(resolved, train=train, generator=generator)
+
+
+def regime_for_split(good: int, defective: int, masked: int) -> tuple[str, str]:
+    """The regime a training split's content calls for, and why: labelled defects all with masks -> supervised,
+    some with masks -> mixed, none with masks -> weak, only good images -> unsupervised."""
+    content = f"{good} good, {defective} defective, {masked} with masks"
+    if defective == 0:
+        return "unsupervised", f"{content}: only good images"
+    if masked == defective:
+        return "supervised", f"{content}: every defect has a mask"
+    if masked == 0:
+        return "weak", f"{content}: no defect has a mask"
+    return "mixed", f"{content}: some defects have masks"

@@ -158,6 +158,7 @@ def write_report(
     overlays = _write_overlays(p, out_dir, case_threshold, thresholds.get("pixel"), k)
 
     result = {
+        "warnings": ranking_warnings(metrics),
         "dataset": dataset,
         "category": category,
         "regime": regime,
@@ -179,6 +180,24 @@ def write_report(
     return result
 
 
+RANKINGS = (("I-AUROC", "defective images below good images"), ("P-AUROC", "defect pixels below good pixels"))
+WHAT_TO_TRY = (
+    "What to try: labelled defects with masks (the supervised or mixed regime), ImageNet weights instead of a "
+    "random backbone (--backbone-weights), another --seed or more --epochs; the overlays below show the images it "
+    "gets most wrong."
+)
+
+
+def ranking_warnings(metrics: dict) -> list[str]:
+    """An I-AUROC or P-AUROC below 0.5 on a labelled split: the model ranks defects below good (worse than a coin)."""
+    found = [
+        f"{name} {100 * metrics[name]:.1f} % < 50 %: the model ranks {what} (worse than chance)."
+        for name, what in RANKINGS
+        if metrics.get(name) is not None and metrics[name] < 0.5
+    ]
+    return [*found, WHAT_TO_TRY] if found else []
+
+
 def _at_thresholds(p: EvalPredictions, thresholds: dict) -> dict:
     """Precision / recall / F1 on this split at the checkpoint thresholds."""
     out = {}
@@ -195,9 +214,10 @@ def _at_thresholds(p: EvalPredictions, thresholds: dict) -> dict:
 def _markdown(result: dict, rows: Sequence[PaperRow]) -> str:
     name = " ".join(str(x) for x in (result["dataset"], result["category"]) if x)
     regime = result["regime"] + (f", ratio {result['ratio']}" if result["ratio"] else "")
-    lines = [
-        f"# Evaluation: {name}",
-        "",
+    lines = [f"# Evaluation: {name}", ""]
+    for w in result["warnings"]:  # first thing in the report: the model ranks defects below good images
+        lines += [f"> {w}" if w == WHAT_TO_TRY else f"> **WARNING: {w}**", ">" if w != WHAT_TO_TRY else ""]
+    lines += [
         f"{result['images']} images ({result['defect_images']} defect, {result['segmented_images']} with usable "
         f"masks) at {result['resolution'][0]}x{result['resolution'][1]}; supervision: {regime}. Values in %; paper "
         "rows are the authors' means ±std over 5 runs (`training/reference/`).",
