@@ -10,7 +10,19 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
+
+def find_templates() -> Path:
+    """The model-repository templates: inside the installed package (a wheel; setup.py copies them there), else
+    the repository's top-level `model_repository/` (a checkout or an editable install)."""
+    here = Path(__file__).resolve().parent
+    candidates = (here / "model_repository", here.parents[1] / "model_repository")
+    for folder in candidates:
+        if (folder / "supersimplenet_py" / "config.pbtxt").is_file():
+            return folder
+    return candidates[0]  # a broken install: deploy names this folder when it reads it
+
+
+TEMPLATES = find_templates()
 
 
 class RepositoryError(ValueError):
