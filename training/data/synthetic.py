@@ -41,7 +41,7 @@ from training.data.synthetic_textures import to_uint8
 CATEGORIES = tuple(TEXTURES)  # metal, fabric, wood, stone, leather, ... (order fixes each category's seed)
 DEFAULT_CATEGORY = "metal"
 DEFAULTS = {"seed": 0, "size": 128, "train": 64, "test": 32, "train_defects": 32}
-VERSION = 3  # 2: labelled training defects; 3: eleven families, wider textures and defects
+VERSION = 3  # 2: labelled training defects; 3: eleven families, a look per (seed, family), wider defects
 MANIFEST = "synthetic.json"
 TREE = """\
 ROOT/                                  (written by `ssn synth --out ROOT`; generated on first use when absent)
@@ -60,12 +60,17 @@ def image_rng(seed: int, category: str, split: str, number: int) -> np.random.Ge
     return np.random.default_rng([seed, CATEGORIES.index(category), _SPLIT_IDS[split], number])
 
 
+def look_rng(seed: int, category: str) -> np.random.Generator:
+    """The line's look: the same draws for every image of (seed, category)."""
+    return np.random.default_rng([seed, CATEGORIES.index(category), len(_SPLIT_IDS)])
+
+
 def make_sample(
     seed: int, category: str, split: str, number: int, size: int, defect: str | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(clean uint8 [S, S, 3], image uint8 [S, S, 3], mask bool [S, S]); image == clean when defect is None."""
     rng = image_rng(seed, category, split, number)
-    clean = TEXTURES[category](rng, size)
+    clean = TEXTURES[category](look_rng(seed, category), rng, size)
     mask = np.zeros((size, size), dtype=bool)
     image = clean
     if defect is not None:
