@@ -1,7 +1,9 @@
 """The synthetic defect dataset: the embedded default for the demo, the tests and the benchmarks.
 
-`ssn synth --out DIR` writes a small MVTec-layout dataset of textured surfaces (brushed metal, woven fabric, wood
-grain, speckled stone) with scratches, spots, cracks and stains, each with its exact mask, as PNG files. Every
+`ssn synth --out DIR` writes a small MVTec-layout dataset of textured surfaces (eleven families: brushed metal,
+woven fabric, wood grain, speckled stone, leather, carpet, hairline metal, twill, concrete, perforated plate,
+marble; training/data/synthetic_textures.py) with scratches, spots, cracks and stains of wide size, contrast and
+colour (training/data/synthetic_defects.py), each with its exact mask, as PNG files. Every
 image comes from its own numpy Generator seeded by (seed, category, split, number), so the same seed gives
 byte-identical files, and choosing fewer categories does not change the others.
 
@@ -30,21 +32,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.data.synthetic_textures import DEFECTS
+from training.data.synthetic_defects import DEFECTS
+from training.data.synthetic_defects import apply_defect
+from training.data.synthetic_defects import make_defect
 from training.data.synthetic_textures import TEXTURES
-from training.data.synthetic_textures import apply_defect
-from training.data.synthetic_textures import make_defect
 from training.data.synthetic_textures import to_uint8
 
-CATEGORIES = tuple(TEXTURES)  # metal, fabric, wood, stone (order fixes each category's seed)
+CATEGORIES = tuple(TEXTURES)  # metal, fabric, wood, stone, leather, ... (order fixes each category's seed)
 DEFAULT_CATEGORY = "metal"
 DEFAULTS = {"seed": 0, "size": 128, "train": 64, "test": 32, "train_defects": 32}
-VERSION = 2  # 2: labelled training defects
+VERSION = 3  # 2: labelled training defects; 3: eleven families, a look per (seed, family), wider defects
 MANIFEST = "synthetic.json"
 TREE = """\
 ROOT/                                  (written by `ssn synth --out ROOT`; generated on first use when absent)
-├── synthetic.json                     the generation parameters (version 2)
-└── <category>/                        metal, fabric, wood, stone
+├── synthetic.json                     the generation parameters (version 3)
+└── <category>/                        metal, fabric, wood, stone, leather, carpet, hairline, twill, concrete,
+    │                                  perforated, marble
     ├── train/good/*.png               defect-free training images
     ├── train/<defect>/train_NNN.png   labelled defective training images (scratch, spot, crack, stain)
     ├── test/good/*.png
@@ -57,12 +60,17 @@ def image_rng(seed: int, category: str, split: str, number: int) -> np.random.Ge
     return np.random.default_rng([seed, CATEGORIES.index(category), _SPLIT_IDS[split], number])
 
 
+def look_rng(seed: int, category: str) -> np.random.Generator:
+    """The line's look: the same draws for every image of (seed, category)."""
+    return np.random.default_rng([seed, CATEGORIES.index(category), len(_SPLIT_IDS)])
+
+
 def make_sample(
     seed: int, category: str, split: str, number: int, size: int, defect: str | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(clean uint8 [S, S, 3], image uint8 [S, S, 3], mask bool [S, S]); image == clean when defect is None."""
     rng = image_rng(seed, category, split, number)
-    clean = TEXTURES[category](rng, size)
+    clean = TEXTURES[category](look_rng(seed, category), rng, size)
     mask = np.zeros((size, size), dtype=bool)
     image = clean
     if defect is not None:
@@ -109,11 +117,7 @@ def write_category(out: Path, category: str, seed: int, size: int, train: int, t
             _save_png(mask.astype(np.uint8) * 255, root / "ground_truth" / defect / f"{stem}_mask.png")
 
 
-def parameters(seed: int, size: int, train: int, test: int, categories, train_defects: int) -> dict:
-    cats = list(CATEGORIES if categories is None else categories)
-    unknown = [c for c in cats if c not in CATEGORIES]
-    if unknown:
-        raise ValueError(f"synthetic categories {unknown} are unknown; accepted: {', '.join(CATEGORIES)}")
+def parameters(seed: int, size: int, train: int, test: int, train_defects: int) -> dict:
     if size < 32 or train < 1 or test < 2 or train_defects < 0:
         raise ValueError(
             f"synthetic size={size} must be >= 32, train={train} >= 1, test={test} >= 2 and "
@@ -125,9 +129,34 @@ def parameters(seed: int, size: int, train: int, test: int, categories, train_de
         "train": train,
         "test": test,
         "train_defects": train_defects,
-        "categories": cats,
         "version": VERSION,
     }
+
+
+def check_categories(categories) -> list[str]:
+    cats = list(CATEGORIES if categories is None else categories)
+    unknown = [c for c in cats if c not in CATEGORIES]
+    if unknown:
+        raise ValueError(f"synthetic categories {unknown} are unknown; accepted: {', '.join(CATEGORIES)}")
+    return cats
+
+
+def add_categories(root: Path, categories, params: dict) -> None:
+    """Write the categories missing under `root`, each in a staging folder renamed into place when complete (a
+    category folder is there whole or not at all; two processes adding the same one both succeed)."""
+    for category in check_categories(categories):
+        if (root / category).is_dir():
+            continue
+        staging = Path(tempfile.mkdtemp(prefix=f".{category}.", dir=root))
+        try:
+            write_category(staging, category, **{k: params[k] for k in DEFAULTS})
+            try:
+                os.replace(staging / category, root / category)
+            except OSError:
+                if not (root / category).is_dir():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def generate(
@@ -139,8 +168,9 @@ def generate(
     categories=None,
     train_defects: int = 32,
 ) -> Path:
-    """Write the dataset to `out` (which must not exist or be empty); returns `out`."""
-    params = parameters(seed, size, train, test, categories, train_defects)
+    """Write the dataset (`categories`, default all) to `out`, which must not exist or be empty; returns `out`."""
+    params = parameters(seed, size, train, test, train_defects)
+    categories = check_categories(categories)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"output folder {str(out)!r} is not empty; choose a new folder")
@@ -148,8 +178,7 @@ def generate(
     # written beside the target and renamed at the end: an interrupted run leaves no half dataset under `out`
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        for category in params["categories"]:
-            write_category(staging, category, seed, size, train, test, train_defects)
+        add_categories(staging, categories, params)
         (staging / MANIFEST).write_text(json.dumps(params, indent=1, sort_keys=True) + "\n")
         if out.exists():
             out.rmdir()
@@ -161,12 +190,14 @@ def generate(
 
 
 def default_root(seed: int, size: int, train: int, test: int, train_defects: int) -> Path:
+    """Per generator version and parameters, so datasets of other versions (other checkouts) never collide."""
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return cache / "supersimplenet" / f"synthetic-v{VERSION}-s{seed}-{size}px-{train}+{train_defects}x{test}"
 
 
-def ensure(root: str | Path | None = None, **wanted) -> Path:
-    """The dataset at `root` (default: a per-parameter folder under ~/.cache), generated first if absent.
+def ensure(root: str | Path | None = None, category: str = DEFAULT_CATEGORY, **wanted) -> Path:
+    """The dataset at `root` (default: a per-parameter folder under ~/.cache) holding `category`, which is
+    generated first if absent (only the categories used are generated).
 
     `wanted` holds seed/size/train/test/train_defects; those given (not None) must match an existing dataset's
     manifest, and a dataset written by an older generator version is refused (regenerate it).
@@ -178,19 +209,25 @@ def ensure(root: str | Path | None = None, **wanted) -> Path:
     params = {**DEFAULTS, **given}
     root = Path(root) if root is not None else default_root(**params)
     manifest = root / MANIFEST
-    if manifest.is_file():
-        found = json.loads(manifest.read_text())
-        if found.get("version") != VERSION:
-            raise ValueError(
-                f"{str(root)!r} holds a synthetic dataset of generator version {found.get('version')}, this code "
-                f"writes version {VERSION} (labelled training defects): delete the folder or choose a new one"
-            )
-        differ = {k: (v, found.get(k)) for k, v in given.items() if found.get(k) != v}
-        if differ:
-            shown = ", ".join(f"{k}={want} (found {have})" for k, (want, have) in differ.items())
-            raise ValueError(f"{str(root)!r} holds a synthetic dataset made with other parameters: {shown}")
-        return root
-    return generate(root, **params)
+    if not manifest.is_file():
+        try:
+            return generate(root, categories=[category], **params)
+        except (OSError, ValueError):
+            if not manifest.is_file():
+                raise
+            # another process created the dataset meanwhile (other categories, same folder): add ours below
+    found = json.loads(manifest.read_text())
+    if found.get("version") != VERSION:
+        raise ValueError(
+            f"{str(root)!r} holds a synthetic dataset of generator version {found.get('version')}, this code "
+            f"writes version {VERSION}: delete the folder or choose a new one"
+        )
+    differ = {k: (v, found.get(k)) for k, v in given.items() if found.get(k) != v}
+    if differ:
+        shown = ", ".join(f"{k}={want} (found {have})" for k, (want, have) in differ.items())
+        raise ValueError(f"{str(root)!r} holds a synthetic dataset made with other parameters: {shown}")
+    add_categories(root, [category], {k: found[k] for k in DEFAULTS})
+    return root
 
 
 def build(
@@ -205,7 +242,7 @@ def build(
     train_defects: int | None = None,
     **common,
 ):
-    """Dataset factory entry: generates the dataset on first use (all categories), then reads it as MVTec AD.
+    """Dataset factory entry: generates the category on first use, then reads it as MVTec AD.
 
     `category` defaults to DEFAULT_CATEGORY; seed/size/train/test/train_defects default to DEFAULTS when generating.
     """
@@ -215,7 +252,9 @@ def build(
     from training.data.mvtec import scan_mvtec_like
 
     category = category or DEFAULT_CATEGORY
-    root = ensure(root, seed=seed, size=size, train=train, test=test, train_defects=train_defects)
+    if category not in CATEGORIES:
+        raise ValueError(f"synthetic category {category!r} is unknown; accepted: {', '.join(CATEGORIES)}")
+    root = ensure(root, category, seed=seed, size=size, train=train, test=test, train_defects=train_defects)
     category_root = require_category(root, category, "train/good", TREE)
     records = scan_mvtec_like(category_root, split, TREE, mvtec_mask_stems, "synthetic (MVTec AD)", train_defects=True)
     hint = f"in {category_root / 'ground_truth'}/<defect>/<stem>_mask.png"
