@@ -48,6 +48,8 @@ def test_synthetic_noise_std_that_reaches_the_generator(preset):
     assert set(REGIMES) == set(SPEC_REGIMES)
     for regime in REGIMES:
         resolved = resolve(get_preset(preset), regime)
+        if not resolved.generator.enabled:  # synthetic_with_masks=False (test_without_synthetic_anomalies_...)
+            continue
         adapted = torch.zeros(16, 64, 24, 24)
         out = AnomalyGenerator(resolved.generator)(
             adapted, None, torch.zeros(16, 1, 24, 24), torch.zeros(16), sample_seeds(7, 0, range(16))
@@ -130,3 +132,45 @@ def test_the_regime_decides_whether_the_cls_loss_reaches_the_seg_head(regime):
     seg_grad = sum(float(p.grad.abs().sum()) for p in model.seg_head.parameters() if p.grad is not None)
     stop_grad, _ = SPEC_REGIMES[regime]
     assert (seg_grad == 0.0) is stop_grad, seg_grad
+
+
+def _no_synthetic(preset: str = "tiny"):
+    base = get_preset(preset)
+    return dataclasses.replace(base, train=dataclasses.replace(base.train, synthetic_with_masks=False))
+
+
+@pytest.mark.parametrize("regime", list(REGIMES))
+def test_synthetic_anomalies_are_dropped_only_where_masks_teach_the_seg_head(regime):
+    """synthetic_with_masks=False turns the feature-noise anomalies off in the supervised and mixed regimes only:
+    unsupervised and weak runs have nothing else to teach the seg head."""
+    resolved = resolve(_no_synthetic(), regime, model=SMALL)
+    assert resolved.generator.enabled == (regime in ("unsupervised", "weak"))
+    assert resolve(get_preset("mvtec"), regime, model=SMALL).generator.enabled  # the authors' presets keep them
+
+
+def _step_grads(resolved, batch_size: int = 4) -> tuple[torch.Tensor, int]:
+    """(all parameter gradients after one real `train_step`, number of samples the heads saw)."""
+    model = make_model(resolved.model, seed=0).train()
+    data = TensorDataset(batch_size, SMALL, n_defect=2, seed=1)
+    samples = default_collate([data[i] for i in range(len(data))])
+    batch = prepare_batch(model, samples, resolved.mask_align_corners, CPU, amp=False)
+    forward = TrainForward(model, AnomalyGenerator(resolved.generator))
+    seen = []
+    model.seg_head.register_forward_hook(lambda _m, _i, out: seen.append(out.shape[0]))
+    opts = FitOptions(epochs=1, batch_size=batch_size, progress=False)
+    seeds = sample_seeds(resolved.train.seed, 0, range(batch_size))
+    train_step(model, forward, build_optimizer(model, resolved.train), batch, seeds, resolved, opts, CPU, DistInfo())
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).double(), seen[0]
+
+
+def test_without_synthetic_anomalies_the_step_equals_the_duplicated_step_without_noise():
+    """Skipping the duplicate is exact: the gradient of one step on B samples equals that of the authors' step on
+    the 2B duplicated samples when no Perlin mask fires (threshold above the noise's range), and the heads see B."""
+    off = resolve(_no_synthetic(), "supervised", model=SMALL)
+    assert not off.generator.enabled
+    silent = dataclasses.replace(off.generator, enabled=True, threshold=10.0)
+    reference, seen_twice = _step_grads(dataclasses.replace(off, generator=silent))
+    fast, seen_once = _step_grads(off)
+    assert (seen_twice, seen_once) == (8, 4)
+    assert float(reference.norm()) > 0.1
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-7)

@@ -206,7 +206,7 @@ def run_train(args) -> int:
     model, source = build_model(
         resolved.model, args.backbone_weights, resolved.train.seed, args.impl, name == "synthetic", log
     )
-    source = calibrate_if_random(model, source, train, batch, device, log)
+    source = calibrate_if_random(model, source, train, batch, device, log, resolved.train.colour_floor)
     if source.startswith(RANDOM) and regime == "unsupervised" and info.is_main:
         warn(RANDOM_UNSUPERVISED)
     epochs = args.epochs or resolved.train.epochs

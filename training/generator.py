@@ -43,6 +43,7 @@ class GeneratorConfig:
     overlap: bool = True  # False: no synthetic noise on GT-defect pixels (supervised configs)
     bad: bool = True  # False: no synthetic noise on images labelled defective (no official config uses it)
     no_anomaly: str = "empty"
+    enabled: bool = True  # False: no synthetic anomalies and no duplication (B samples out; see __call__)
 
     def __post_init__(self) -> None:
         if self.no_anomaly not in NO_ANOMALY:
@@ -51,7 +52,7 @@ class GeneratorConfig:
             raise ValueError(f"noise_std={self.noise_std!r} must be >= 0")
 
 
-class Perturbed(NamedTuple):
+class Perturbed(NamedTuple):  # 2B samples (B when the generator is disabled)
     adapted: torch.Tensor  # [2B, C, fh, fw]
     pooled: torch.Tensor | None  # [2B, C, fh, fw] in the JIMS variant, else None
     mask: torch.Tensor  # [2B, 1, fh, fw] float {0, 1}
@@ -91,6 +92,11 @@ class AnomalyGenerator:
     ) -> Perturbed:
         # adapted/pooled: [B, C, fh, fw], mask: [B, 1, fh, fw] in {0, 1}, label: [B]; seeds: 2B ints
         b, c, fh, fw = adapted.shape
+        if not self.config.enabled:
+            # the duplicate would be an exact copy: with mean-reduced losses and batch-statistics BN the gradient
+            # of [x, x] equals that of [x], so the copy is skipped (half the heads' work)
+            pooled = None if pooled is None else pooled.float()
+            return Perturbed(adapted.float(), pooled, mask.float(), label.float(), torch.zeros_like(mask).float())
         if len(seeds) != 2 * b:
             raise ValueError(f"need 2B = {2 * b} seeds (one per duplicated sample), got {len(seeds)}")
         cfg = self.config

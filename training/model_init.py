@@ -8,6 +8,13 @@ of the training images: one pass over them with the BN layers in training mode a
 (momentum None). Only good training images are used, nothing is learned by gradient, and the calibrated
 statistics are stored with the embedded backbone in the checkpoint, so evaluation and serving see the same
 network. The recorded source reads e.g. `random(seed=42)+bn-calibrated(64 images)`.
+
+Colour calibration (`TrainConfig.colour_floor` > 0, the tiny preset): before the BN pass, the input's colour
+directions are rescaled by how little they vary on the good images, a regularised whitening folded into conv1's
+weights (exact: conv1 is linear in its input channels). On a grey line nearly all variation is luminance, and a
+random conv1 mixes a colour-only defect into its channels no more strongly than the texture's own luminance
+changes; after the rescaling a colour direction weighs up to 1/sqrt(floor) times more. The floor (a fraction of
+the largest eigenvalue) keeps sensor noise from being blown up.
 """
 
 from __future__ import annotations
@@ -56,6 +63,29 @@ def calibrate_batchnorm(backbone: Backbone, images, device: torch.device) -> int
     return seen
 
 
+def colour_gains(cov: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M [3, 3], gains [3]) for a pixel colour covariance [3, 3]: M = V diag(g) V^T with
+    g_i = sqrt((l_max + e) / (l_i + e)), e = floor * l_max. The dominant direction keeps gain 1."""
+    values, vectors = torch.linalg.eigh(cov.double())
+    values = values.clamp(min=0)
+    reg = values + floor * values.max()
+    gains = (reg.max() / reg).sqrt()
+    return (vectors * gains) @ vectors.T, gains
+
+
+@torch.no_grad()
+def calibrate_colour(backbone: Backbone, images, floor: float, device: torch.device) -> torch.Tensor:
+    """Fold the colour rescaling of `images` (an iterable of [B,3,H,W] normalized batches) into conv1; returns
+    the gains. conv1(M x) = (W M) x, so W'[o, c] = sum_k W[o, k] M[k, c]."""
+    pixels = torch.cat([batch.to(device).permute(0, 2, 3, 1).reshape(-1, 3) for batch in images]).double()
+    if pixels.shape[0] < 2:
+        raise ValueError("colour calibration of the random backbone needs at least one training image")
+    matrix, gains = colour_gains(torch.cov(pixels.T), floor)
+    weight = backbone.conv1.weight
+    weight.copy_(torch.einsum("okhw,kc->ochw", weight.double(), matrix.to(weight.device)).to(weight.dtype))
+    return gains
+
+
 def load_training_backbone(
     name: str, weights: str | None, allow_random_fallback: bool, log=print
 ) -> tuple[Backbone, str]:
@@ -99,8 +129,11 @@ def build_model(
     return SuperSimpleNet(config, backbone, impl=impl), source
 
 
-def calibrate_if_random(model: SuperSimpleNet, source: str, dataset, batch_size: int, device, log=print) -> str:
-    """BN-calibrate a random backbone on the good images of `dataset`; returns the updated source string."""
+def calibrate_if_random(
+    model: SuperSimpleNet, source: str, dataset, batch_size: int, device, log=print, colour_floor: float = 0.0
+) -> str:
+    """Colour-calibrate (colour_floor > 0), then BN-calibrate a random backbone on the good images of `dataset`;
+    returns the updated source string."""
     if not source.startswith(RANDOM):
         return source
     good = [i for i in range(len(dataset)) if _label(dataset, i) == 0]
@@ -109,6 +142,10 @@ def calibrate_if_random(model: SuperSimpleNet, source: str, dataset, batch_size:
     subset = torch.utils.data.Subset(dataset, good)
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False)
     model.backbone.to(device)
+    if colour_floor > 0:
+        gains = calibrate_colour(model.backbone, (s["image"] for s in loader), colour_floor, device)
+        log(f"random {model.config.backbone} backbone: colour directions rescaled by {gains.tolist()} (conv1)")
+        source = f"{source}+colour(floor={colour_floor:g})"
     seen = calibrate_batchnorm(model.backbone, (s["image"] for s in loader), device)
     log(f"random {model.config.backbone} backbone: BN statistics calibrated on {seen} good training images")
     return f"{source}+bn-calibrated({seen} images)"

@@ -293,8 +293,9 @@ def train_step(model, forward, optimizer, batch: TrainBatch, seeds, resolved, op
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, opts.amp):
         seg_map, score, mask, label = forward(batch.l2, batch.l3, batch.mask, batch.label, seeds)
-    is_segmented = torch.cat((batch.is_segmented, batch.is_segmented))
-    loss_mask = None if batch.loss_mask is None else torch.cat((batch.loss_mask, batch.loss_mask))
+    copies = label.shape[0] // batch.label.shape[0]  # 2 (original + perturbed copy), 1 without synthetic anomalies
+    is_segmented = batch.is_segmented.repeat(copies)
+    loss_mask = None if batch.loss_mask is None else batch.loss_mask.repeat(copies, 1, 1, 1)
     reducer = (lambda t: distributed.sum_across(t, info)) if info.enabled else None
     parts = ssn_loss(seg_map, score, mask, label, is_segmented, loss_mask, reducer, info.world_size)
     parts.total.backward()
