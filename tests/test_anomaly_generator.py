@@ -214,3 +214,24 @@ def test_generator_refuses_bad_settings_and_seed_counts():
     with pytest.raises(ValueError) as err:
         off(x, None, torch.zeros(2, 1, 8, 8), torch.zeros(2), [1, 2, 3])
     assert str(err.value) == "need 2B = 4 seeds (one per duplicated sample), got 3"
+
+
+def test_a_disabled_generator_passes_the_batch_through_once():
+    """enabled=False (synthetic_with_masks=False): the B samples come back as they went in, in float32, with no
+    noise mask, whatever the seeds; an enabled generator with the same inputs duplicates them to 2B."""
+    b, size = 3, (8, 12)
+    g = torch.Generator().manual_seed(4)
+    adapted = torch.randn(b, 5, *size, generator=g).double()
+    pooled = torch.randn(b, 5, *size, generator=g)
+    mask = (torch.rand(b, 1, *size, generator=g) > 0.7).double()
+    label = torch.tensor([0.0, 1.0, 1.0])
+    off = AnomalyGenerator(GeneratorConfig(threshold=-10.0, enabled=False))
+    out = off(adapted, pooled, mask, label, seeds=[])
+    assert out.adapted.dtype == out.mask.dtype == out.label.dtype == torch.float32
+    assert torch.equal(out.adapted, adapted.float()) and torch.equal(out.pooled, pooled)
+    assert torch.equal(out.mask, mask.float()) and torch.equal(out.label, label)
+    assert out.noise_mask.shape == (b, 1, *size) and not out.noise_mask.any()
+    on = AnomalyGenerator(GeneratorConfig(threshold=-10.0, no_anomaly="none"))(
+        adapted, pooled, mask, label, sample_seeds(0, 0, range(b))
+    )
+    assert on.adapted.shape[0] == 2 * b and bool(on.noise_mask.all())  # every Perlin mask full at -10
