@@ -223,10 +223,15 @@ def run_train(args) -> int:
         progress=not args.quiet,
         backbone_source=source,
     )
+    anomalies = (
+        f"perlin_thr {resolved.train.perlin_threshold}"
+        if resolved.generator.enabled
+        else "masks only (no feature-noise anomalies)"
+    )
     log(
         f"training {preset.name} ({regime}, {'ICPR' if resolved.model.adapt_cls_features else 'JIMS'} head) on "
         f"{name}{'/' + args.category if args.category else ''}: {epochs} epochs, batch {batch} x {info.world_size} "
-        f"process(es), {device}, seed {resolved.train.seed}, perlin_thr {resolved.train.perlin_threshold}"
+        f"process(es), {device}, seed {resolved.train.seed}, {anomalies}"
     )
     t0, cpu0 = time.perf_counter(), time.process_time()
     result = fit(model, train, resolved, opts, device, info, log)
