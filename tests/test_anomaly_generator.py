@@ -231,6 +231,7 @@ def test_a_disabled_generator_passes_the_batch_through_once():
     assert torch.equal(out.adapted, adapted.float()) and torch.equal(out.pooled, pooled)
     assert torch.equal(out.mask, mask.float()) and torch.equal(out.label, label)
     assert out.noise_mask.shape == (b, 1, *size) and not out.noise_mask.any()
+    assert off(adapted, None, mask, label, seeds=[]).pooled is None  # the ICPR head has no pooled features
     on = AnomalyGenerator(GeneratorConfig(threshold=-10.0, no_anomaly="none"))(
         adapted, pooled, mask, label, sample_seeds(0, 0, range(b))
     )
