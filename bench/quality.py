@@ -1,6 +1,6 @@
 """Quality of the embedded default on every synthetic surface family: synth -> ssn train -> test-split metrics.
 
-    python bench/quality.py                                  # all families, one after the other (~50 min, 2 cores)
+    python bench/quality.py                                  # all families, one after the other (~48 min, 2 cores)
     python bench/quality.py --families metal twill --seeds 0 1 --json out.json
     python bench/quality.py --families metal -- --epochs 8   # arguments after -- go to every `ssn train`
 
