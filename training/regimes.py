@@ -92,7 +92,7 @@ def resolve(preset: Preset, regime_name: str, model: ModelConfig | None = None, 
     options: dict = {"good_only": not regime.uses_defects, "requires_masks": regime.requires_masks}
     if regime.uses_defects and jims:
         options |= {"dilate": JIMS_DILATE, "dt": JIMS_DT}
-    synthetic = train.synthetic_with_masks or not regime.masks_used or not regime.uses_defects
+    synthetic = train.synthetic_with_masks or not regime.masks_used  # unsupervised and weak use no masks
     generator = GeneratorConfig(
         threshold=threshold, noise_std=train.noise_std, overlap=train.overlap, enabled=synthetic
     )
