@@ -110,6 +110,7 @@ def run_family(family: str, seed: int, test: int, extra: list[str], work: Path, 
         "load": load.mean,
         "regime": result["regime"],
         "recipe": result.get("recipe"),
+        "precision": result.get("precision"),
         "meets_targets": all(metrics[m] is not None and metrics[m] >= t for m, t in TARGETS.items()),
         "per_kind": per_kind(out, family, seed, test),
     }

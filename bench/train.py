@@ -3,6 +3,9 @@
     python bench/train.py                                         # tiny and mvtec presets on CPU, a few minutes
     python bench/train.py --presets mvtec --device cuda --batch 32 --precision bf16
 
+Each precision runs in the same process (default fp32, the reference, and bf16: autocast on CUDA, and on CPU where
+bf16 is native, AMX or AVX512-BF16; the backbone stays fp32 on CPU) and the ratios are printed.
+
 Stages of one training step (training/trainer.py), each timed on its own with the previous stage's outputs:
     backbone     images -> layer2/layer3 + targets at feature size (uncached path)
     cache        gather layer2/layer3 + targets of the batch from the feature cache (cached path)
@@ -43,6 +46,7 @@ from training.optim import clip_gradients  # noqa: E402
 from training.regimes import resolve  # noqa: E402
 from training.step import TrainForward  # noqa: E402
 from training.step import autocast  # noqa: E402
+from training.step import cpu_has_native_bf16  # noqa: E402
 from training.step import prepare_batch  # noqa: E402
 from training.trainer import FitOptions  # noqa: E402
 from training.trainer import train_step  # noqa: E402
@@ -79,7 +83,7 @@ def samples_for(config, batch: int, seed: int = 0) -> list[dict]:
     ]
 
 
-def bench_preset(name: str, args, device: torch.device) -> list[dict]:
+def bench_preset(name: str, args, device: torch.device, precision: str) -> list[dict]:
     preset = get_preset(name)
     resolved = resolve(preset, args.supervision)
     with warnings.catch_warnings():
@@ -88,7 +92,8 @@ def bench_preset(name: str, args, device: torch.device) -> list[dict]:
     torch.manual_seed(0)
     model = SuperSimpleNet(resolved.model, backbone, impl=args.impl).to(device).train()
     batch = args.batch or (preset.train.batch_size if device.type == "cuda" else 2)
-    amp = args.precision == "bf16"
+    amp = precision == "bf16"
+    cpu_bf16 = amp and device.type == "cpu"
     samples = samples_for(resolved.model, batch)
     collated = torch.utils.data.default_collate(samples)
     cache = FeatureCache.build(model, samples, batch, device, resolved.mask_align_corners, amp=amp)
@@ -104,7 +109,7 @@ def bench_preset(name: str, args, device: torch.device) -> list[dict]:
 
     def fwd_bwd():
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device, amp):
+        with autocast(device, amp, cpu_bf16):
             seg, score, mask, label = fixed(b.l2, b.l3, b.mask, b.label, seeds)
         ssn_loss(seg, score, mask, label).total.backward()
 
@@ -112,7 +117,7 @@ def bench_preset(name: str, args, device: torch.device) -> list[dict]:
         clip_gradients(model, resolved.train.clip_grad)
         optimizer.step()
 
-    opts = FitOptions(epochs=1, batch_size=batch, amp=amp)
+    opts = FitOptions(epochs=1, batch_size=batch, amp=amp, cpu_bf16=cpu_bf16)
 
     def step(get_batch):
         return lambda: train_step(model, forward, optimizer, get_batch(), seeds, resolved, opts, device, DistInfo())
@@ -130,7 +135,7 @@ def bench_preset(name: str, args, device: torch.device) -> list[dict]:
     rows = []
     for stage in STAGES:
         seconds = statistics.median(time_calls(calls[stage], device, args.warmup, args.repeats, inference=False))
-        row = {"preset": name, "batch": batch, "stage": stage, "median_ms": 1e3 * seconds}
+        row = {"preset": name, "precision": precision, "batch": batch, "stage": stage, "median_ms": 1e3 * seconds}
         rows.append(row | {"images_per_s": batch / seconds})
     return rows
 
@@ -141,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to train")
     parser.add_argument("--batch", type=int, default=0, help="batch size (0: the preset's on CUDA, 2 on CPU)")
     parser.add_argument("--supervision", default="unsupervised", help="regime (sets clipping, overlap, ...)")
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"], help="autocast on CUDA")
+    parser.add_argument(
+        "--precision", nargs="+", default=["fp32", "bf16"], choices=["bf16", "fp32"], help="autocast of the step"
+    )
     parser.add_argument("--impl", default="fast-cpu", choices=["reference", "fast-cpu"], help="fused-op formulation")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per stage")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per stage (median reported)")
@@ -153,18 +160,25 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--device cuda: no CUDA device is visible to torch")
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [row for name in args.presets for row in bench_preset(name, args, device)]
+    precisions = list(args.precision)
+    if device.type == "cpu" and "bf16" in precisions and not cpu_has_native_bf16():
+        print("bf16 skipped: this CPU has no native bf16 (AMX / AVX512-BF16); emulated bf16 is slower than fp32")
+        precisions.remove("bf16")
+    rows = [row for name in args.presets for p in precisions for row in bench_preset(name, args, device, p)]
     env = environment(device)
     print(f"training step stages, {args.device} ({env.get('gpu', env['cpu'])}, {env['torch_threads']} threads)")
-    speedup = {}
-    for r in rows:
-        if r["stage"].startswith("step"):
-            speedup.setdefault(r["preset"], {})[r["stage"]] = r["median_ms"]
-    table = [[r["preset"], r["batch"], r["stage"], r["median_ms"], r["images_per_s"]] for r in rows]
-    print_table(["preset", "batch", "stage", "median_ms", "img/s"], table)
-    for preset, steps in speedup.items():
-        print(f"{preset}: cached step is {steps['step uncached'] / steps['step cached']:.2f}x the uncached step")
-    payload = {"precision": args.precision, "supervision": args.supervision, "env": env, "results": rows}
+    ms = {(r["preset"], r["precision"], r["stage"]): r["median_ms"] for r in rows}
+    table = [[r["preset"], r["precision"], r["batch"], r["stage"], r["median_ms"], r["images_per_s"]] for r in rows]
+    print_table(["preset", "precision", "batch", "stage", "median_ms", "img/s"], table)
+    for preset in args.presets:
+        for p in precisions:
+            ratio = ms[preset, p, "step uncached"] / ms[preset, p, "step cached"]
+            print(f"{preset} {p}: cached step is {ratio:.2f}x the uncached step")
+        if len(precisions) == 2:
+            for stage in ("fwd+bwd", "step uncached"):
+                ratio = ms[preset, "fp32", stage] / ms[preset, "bf16", stage]
+                print(f"{preset}: bf16 {stage} is {ratio:.2f}x fp32 (the reference)")
+    payload = {"precisions": precisions, "supervision": args.supervision, "env": env, "results": rows}
     print(f"JSON: {write_json(args.json, payload)}")
     return 0
 

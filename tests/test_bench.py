@@ -71,3 +71,17 @@ def test_throughput_accepts_every_documented_provider(tmp_path):
     cmd = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--providers", *providers, "--batch", "0"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert "invalid choice" not in out.stderr and "--batch values must be >= 1" in out.stderr, out.stderr
+
+
+def test_train_bench_compares_precisions_in_one_run(tmp_path):
+    out_json = tmp_path / "train.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "train.py"), "--presets", "tiny", "--warmup", "0", "--repeats", "1"]
+    out = subprocess.run(cmd + ["--json", str(out_json)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out_json.read_text())
+    stages = {(r["precision"], r["stage"]) for r in data["results"]}
+    assert {("fp32", "step uncached"), ("fp32", "fwd+bwd")} <= stages
+    if "bf16" in data["precisions"]:  # the CPU has native bf16
+        assert ("bf16", "fwd+bwd") in stages and "tiny: bf16 fwd+bwd is" in out.stdout
+    else:
+        assert "bf16 skipped: this CPU has no native bf16" in out.stdout

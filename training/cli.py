@@ -71,7 +71,13 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
         "--backbone-weights",
         help="IMAGENET1K_V1 (default), a local weights file, or 'random' (BN-calibrated on the training images)",
     )
-    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="autocast on CUDA (CPU: fp32)")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="autocast of the training step; auto: bf16 on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16), "
+        "else fp32",
+    )
     parser.add_argument("--feature-cache", choices=list(CACHE_MODES), default="auto", help="frozen-backbone cache")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="epochs between resumable checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue from the newest pair in <out>.ckpts/")
@@ -185,6 +191,7 @@ def run_train(args) -> int:
     from training.model_init import build_model
     from training.model_init import calibrate_if_random
     from training.regimes import resolve
+    from training.step import cpu_bf16_for
     from training.trainer import FitOptions
     from training.trainer import fit
 
@@ -219,7 +226,8 @@ def run_train(args) -> int:
         stop_after=args.stop_after,
         feature_cache=args.feature_cache,
         num_workers=args.workers,
-        amp=args.precision == "bf16",
+        amp=args.precision != "fp32",
+        cpu_bf16=cpu_bf16_for(args.precision),
         progress=not args.quiet,
         backbone_source=source,
     )
@@ -231,7 +239,8 @@ def run_train(args) -> int:
     log(
         f"training {preset.name} ({regime}, {'ICPR' if resolved.model.adapt_cls_features else 'JIMS'} head) on "
         f"{name}{'/' + args.category if args.category else ''}: {epochs} epochs, batch {batch} x {info.world_size} "
-        f"process(es), {device}, seed {resolved.train.seed}, {anomalies}"
+        f"process(es), {device}{' bf16' if device.type == 'cpu' and opts.cpu_bf16 else ''}, "
+        f"seed {resolved.train.seed}, {anomalies}"
     )
     t0, cpu0 = time.perf_counter(), time.process_time()
     result = fit(model, train, resolved, opts, device, info, log)
@@ -258,6 +267,7 @@ def run_train(args) -> int:
             "train_cpu_seconds": train_cpu,
             "epochs": epochs,
             "batch_size": batch,
+            "precision": "bf16" if (opts.cpu_bf16 if device.type == "cpu" else opts.amp) else "fp32",
             "preset": preset.name,
             "backbone": source,
             "train_config": repr(resolved.train),

@@ -59,6 +59,7 @@ class FitOptions:
     feature_cache: str = "auto"
     num_workers: int = 0
     amp: bool = True  # bf16 autocast on CUDA
+    cpu_bf16: bool = False  # bf16 autocast of the trainable step on CPU (the backbone stays fp32)
     progress: bool = True
     backbone_source: str = ""  # recorded in the checkpoint files
 
@@ -291,7 +292,7 @@ def run_epoch(model, forward, optimizer, view, sampler, cache, epoch, resolved, 
 def train_step(model, forward, optimizer, batch: TrainBatch, seeds, resolved, opts, device, info) -> torch.Tensor:
     """One optimisation step; returns the global [total, good, bad, seg_focal, cls_focal] (float64, CPU)."""
     optimizer.zero_grad(set_to_none=True)
-    with autocast(device, opts.amp):
+    with autocast(device, opts.amp, opts.cpu_bf16):
         seg_map, score, mask, label = forward(batch.l2, batch.l3, batch.mask, batch.label, seeds)
     copies = label.shape[0] // batch.label.shape[0]  # 2 (original + perturbed copy), 1 without synthetic anomalies
     is_segmented = batch.is_segmented.repeat(copies)
