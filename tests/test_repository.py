@@ -16,6 +16,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from pipeline import protocol
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import ModelConfig
+from pipeline.config import get_preset
 from pipeline.deploy import repository as repo
 from pipeline.deploy import triton_release
 from pipeline.deploy.deploy import DeployOptions
@@ -42,6 +43,20 @@ def test_templates_parse_and_line_up():
     for name in ("preprocess", "supersimplenet_py"):
         warm = configs[name].model_warmup[0].inputs[protocol.INPUT]
         assert list(warm.dims) == [(repo.TEMPLATES / name / "warmup" / warm.input_data_file).stat().st_size]
+
+
+def test_templates_are_the_tiny_presets_values():
+    """The templates stay valid as they are for the embedded default (its image and feature sizes)."""
+    configs = repo.model_configs(repo.TEMPLATES)
+    (h, w), (fh, fw) = get_preset("tiny").model.image_size, get_preset("tiny").model.feature_size
+    for name in ("preprocess", "postprocess"):
+        assert repo.parameters(configs[name])["image_size"] == f"{h},{w}", name
+    assert list(repo.tensor(configs["preprocess"], "IMAGES", "output").dims) == [3, h, w]
+    assert list(repo.tensor(configs["supersimplenet_trt"], "images", "input").dims) == [3, h, w]
+    for name, kind in (("supersimplenet_trt", "output"), ("postprocess", "input")):
+        assert list(repo.tensor(configs[name], "seg_logits", kind).dims) == [1, fh, fw], name
+    for warm in configs["supersimplenet_trt"].model_warmup:
+        assert list(warm.inputs["images"].dims) == [3, h, w]
 
 
 @pytest.fixture(scope="module")
