@@ -90,3 +90,10 @@ def test_fit_in_bf16_trains_fp32_weights_close_to_the_fp32_run():
 def test_precision_flag(precision):
     expected = {"auto": cpu_has_native_bf16(), "bf16": True, "fp32": False}[precision]
     assert cpu_bf16_for(precision) is expected
+
+
+def test_step_precision_names_what_autocast_does():
+    assert FitOptions(1, 1, cpu_bf16=True).step_precision(CPU) == "bf16"
+    assert FitOptions(1, 1, cpu_bf16=False, amp=True).step_precision(CPU) == "fp32"  # amp is CUDA's
+    assert FitOptions(1, 1, amp=True).step_precision(torch.device("cuda")) == "bf16"
+    assert FitOptions(1, 1, amp=False, cpu_bf16=True).step_precision(torch.device("cuda")) == "fp32"

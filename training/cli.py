@@ -239,7 +239,7 @@ def run_train(args) -> int:
     log(
         f"training {preset.name} ({regime}, {'ICPR' if resolved.model.adapt_cls_features else 'JIMS'} head) on "
         f"{name}{'/' + args.category if args.category else ''}: {epochs} epochs, batch {batch} x {info.world_size} "
-        f"process(es), {device}{' bf16' if device.type == 'cpu' and opts.cpu_bf16 else ''}, "
+        f"process(es), {device} {opts.step_precision(device)}, "
         f"seed {resolved.train.seed}, {anomalies}"
     )
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -267,7 +267,7 @@ def run_train(args) -> int:
             "train_cpu_seconds": train_cpu,
             "epochs": epochs,
             "batch_size": batch,
-            "precision": "bf16" if (opts.cpu_bf16 if device.type == "cpu" else opts.amp) else "fp32",
+            "precision": opts.step_precision(device),
             "preset": preset.name,
             "backbone": source,
             "train_config": repr(resolved.train),

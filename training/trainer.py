@@ -63,6 +63,10 @@ class FitOptions:
     progress: bool = True
     backbone_source: str = ""  # recorded in the checkpoint files
 
+    def step_precision(self, device: torch.device) -> str:
+        """'bf16' or 'fp32': what the trainable step runs in on `device` (as training.step.autocast decides)."""
+        return "bf16" if (self.cpu_bf16 if device.type == "cpu" else self.amp and device.type == "cuda") else "fp32"
+
 
 @dataclass
 class FitResult:
