@@ -116,6 +116,7 @@ class TrainConfig:
     # duplicated batch; the unsupervised and weak regimes always use them (nothing else teaches the seg head there)
     synthetic_with_masks: bool = True
     colour_floor: float = 0.0  # > 0: a random backbone's conv1 gets the colour rescaling (training/model_init.py)
+    feature_window: int = 0  # > 0: supervised steps train the heads on an n x n feature window (training/windows.py)
 
 
 @dataclass(frozen=True)
@@ -139,24 +140,26 @@ PRESETS: dict[str, Preset] = {
         Preset("sensum_softgel", ModelConfig(image_size=(144, 144), **_SUP_MODEL), _SUPERVISED, "SensumSODF softgel"),
         Preset(
             "tiny",
-            # supervised on the line's labelled defects, ICPR head (cls head on adapted features): with a random
-            # backbone the unsupervised maps depend on the seed. The CPU recipe (README "Training and evaluation",
-            # bench/quality.py): the masks alone teach the seg head (no feature-noise anomalies, so no duplicated
-            # batch: 8 epochs cost what 4 did), twice the authors' learning rates, a colour-calibrated conv1, and
-            # 192x192 input (the 128-px lines upsampled: thin defects span more feature cells), which bf16 on the
-            # CPU pays for
-            ModelConfig(backbone="resnet18", image_size=(192, 192), adapt_cls_features=True, **_SUP_MODEL),
+            # supervised on the line's labelled defects, JIMS head (cls head on the pooled features, dilated and
+            # distance-weighted masks): with a random backbone the unsupervised maps depend on the seed. The CPU
+            # recipe (README "Training and evaluation", bench/quality.py): the masks alone teach the seg head (no
+            # feature-noise anomalies, so no duplicated batch), twice the authors' learning rates, a
+            # colour-calibrated conv1, 256x256 input (the 128-px lines upsampled: thin defects span more feature
+            # cells) whose heads train on 40x40 windows of the 64x64 feature map, in bf16 on the CPU
+            ModelConfig(backbone="resnet18", image_size=(256, 256), adapt_cls_features=False, **_SUP_MODEL),
             dataclasses.replace(
                 _SUPERVISED,
-                epochs=8,
+                epochs=12,
                 batch_size=8,
                 synthetic_with_masks=False,
                 adapt_lr=2e-4,
                 seg_lr=4e-4,
                 cls_lr=4e-4,
                 colour_floor=0.1,
+                feature_window=40,
             ),
-            "embedded CPU default: resnet18 at 192x192, ICPR head, supervised on the labelled defects, 8 epochs",
+            "embedded CPU default: resnet18 at 256x256, JIMS head, supervised on the labelled defects, 12 epochs "
+            "on 40x40 feature windows",
         ),
     )
 }

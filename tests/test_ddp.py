@@ -9,7 +9,7 @@ where Adam's g / sqrt(v) amplifies rounding). A sharding or averaging bug moves 
 The biases of the first seg conv and of the cls conv feed a batch norm, so their gradient is analytically zero (so is
 the adaptor bias's in the JIMS head): Adam turns rounding-level gradients into steps of up to lr in both runs, so they
 are only checked against that bound.
-Step losses agree to 1e-5. (tiny preset: ICPR head.)
+Step losses agree to 3e-4 (tiny preset: JIMS head).
 """
 
 from __future__ import annotations
@@ -21,10 +21,14 @@ from pathlib import Path
 
 import torch
 
+from pipeline.config import get_preset
+
 SCRIPT = Path(__file__).with_name("ddp_fit.py")
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 RELATIVE_TOLERANCE = 3e-3
 ZERO_GRADIENT = ("seg_head.0.bias", "cls_head.conv.0.bias")  # each feeds a batch norm
+if not get_preset("tiny").model.adapt_cls_features:  # JIMS: the adaptor feeds only the seg head's conv + BN
+    ZERO_GRADIENT += ("adaptor.bias",)
 MAX_LR, STEPS = 2e-4, 4
 
 
@@ -52,4 +56,6 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path):
             continue
         moved = float((w.double() - one["init"][key].double()).norm())
         assert moved > 0 and gap <= RELATIVE_TOLERANCE * moved, f"{key}: |dw| {gap:.3g} vs moved {moved:.3g}"
-    torch.testing.assert_close(torch.tensor(rank0["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-6)
+    # JIMS head: the cls head's batch norm sees the raw pooled features, whose sums round further apart (measured
+    # 7.3e-5 absolute at step 3, where 1e-5 relative was allowed); a sharding or averaging bug moves a loss by percents
+    torch.testing.assert_close(torch.tensor(rank0["losses"]), torch.tensor(one["losses"]), rtol=3e-4, atol=1e-6)

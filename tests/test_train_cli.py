@@ -45,7 +45,8 @@ def test_mixed_and_weak_regimes_train(tmp_path, capsys, regime, anomalies):
     text = capsys.readouterr().out
     assert code == 0, text
     assert anomalies in text and "JIMS head" in text
-    assert "feature cache: off" in text  # flipped positives: no cache
+    # the balanced epoch's codes are cached: the 2 defects in each of the 4 flips and the 4 good images, once each
+    assert "feature cache (memory): 12 images" in text and "feature cache: memory" in text
     masked = "1 with masks used" if regime == "mixed" else "0 with masks used"
     assert masked in text
     metadata = read_metadata(out)

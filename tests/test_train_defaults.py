@@ -113,7 +113,7 @@ def test_fail_below_sets_the_exit_status_of_eval(trained, tmp_path, capsys):
     root, ck = trained
     assert main(_eval(root, ck, "--json", "--out", str(tmp_path / "r0"))) == 0
     value = json.loads(capsys.readouterr().out)["metrics"]["P-AUROC"]
-    assert 0 < value < 0.99
+    assert 0 < value < 0.995  # room for the +0.5 point gate below
     assert main(_eval(root, ck, "--fail-below", f"P-AUROC={value}", "--out", str(tmp_path / "r1"))) == 0
     assert "passed --fail-below: P-AUROC >=" in capsys.readouterr().out
     above = f"P-AUROC={100 * value + 0.5:.2f}%"

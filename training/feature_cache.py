@@ -10,8 +10,10 @@ could advance. The cache is filled with batches of the training batch size (CPU 
 algorithm for another batch size), and a cached run then gives the same weights as an uncached one bit for bit
 (`tests/test_feature_cache.py`).
 
-Only valid when the dataset applies no image-level augmentation: `FeatureCache.build` refuses a dataset whose
-`augmented` attribute is True (the supervised regimes' flips).
+Only valid when the features are a pure function of the key the sampler yields. A plain dataset's keys are its
+indices. The supervised regimes' flips are deterministic: the balanced sampler yields (flip, index) codes, and
+`keys=sampler.cache_keys()` caches each code the epochs can draw (every positive in each flip, every negative
+unflipped) once. `FeatureCache.build` refuses any other dataset whose `augmented` attribute is True.
 
 Storage: `memory` (tensors on the training device) or `disk` (layer2/layer3 in .npy memory maps under a folder,
 the small targets in memory), for sets that do not fit.
@@ -47,9 +49,10 @@ def cache_bytes(model: SuperSimpleNet, count: int) -> int:
 
 
 class FeatureCache:
-    def __init__(self, tensors: dict[str, torch.Tensor | np.ndarray], device: torch.device):
+    def __init__(self, tensors: dict[str, torch.Tensor | np.ndarray], device: torch.device, rows: dict[int, int]):
         self.tensors = tensors
         self.device = device
+        self.rows = rows  # sampler key (dataset index, or a balanced sampler's flip code) -> row
 
     def __len__(self) -> int:
         return len(self.tensors["label"])
@@ -71,9 +74,11 @@ class FeatureCache:
         amp: bool = False,
         num_workers: int = 0,
         progress=None,
+        keys: list[int] | None = None,
     ) -> FeatureCache:
-        """One pass over `dataset` in index order, in batches of the training batch size."""
-        if getattr(dataset, "augmented", False):
+        """One pass over `dataset` in index order (or over `keys`, the sampler's codes, in their order), in batches
+        of the training batch size."""
+        if getattr(dataset, "augmented", False) and keys is None:
             raise CacheRefused(
                 "the feature cache needs un-augmented training data (backbone features must be a pure function "
                 "of the image); this dataset applies image-level augmentation (flips): train without the cache"
@@ -82,9 +87,12 @@ class FeatureCache:
             raise ValueError(f"feature cache storage={storage!r}; accepted: {', '.join(STORAGES)}")
         if storage == "disk" and folder is None:
             raise ValueError("a disk feature cache needs a folder")
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        n = len(dataset)
+        keys = list(range(len(dataset))) if keys is None else [int(k) for k in keys]
+        source = torch.utils.data.Subset(dataset, keys)
+        loader = torch.utils.data.DataLoader(source, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        n = len(keys)
         tensors: dict = {}
+        done = 0
         for samples in loader if progress is None else progress(loader):
             images = samples["image"].to(device)
             model.check_input(images)
@@ -101,18 +109,20 @@ class FeatureCache:
                 "is_segmented": samples["is_segmented"].bool(),
                 "loss_mask": loss_mask,
                 "plain": plain,
+                "index": torch.as_tensor(samples["index"]).long(),  # the dataset index (a code's image)
             }
-            index = torch.as_tensor(samples["index"]).long()
+            position = torch.arange(done, done + len(images))
+            done += len(images)
             if not tensors:
                 tensors = {k: _allocate(k, v, n, storage, folder, device) for k, v in rows.items()}
                 tensors["bf16"] = {k for k, v in rows.items() if v.dtype == torch.bfloat16}
             for key, value in rows.items():
-                _store(tensors[key], index, value)
-        return cls(tensors, device)
+                _store(tensors[key], position, value)
+        return cls(tensors, device, {key: row for row, key in enumerate(keys)})
 
-    def batch(self, indices: torch.Tensor | list[int]) -> TrainBatch:
-        """The TrainBatch of dataset `indices`, on the training device."""
-        idx = torch.as_tensor(indices, dtype=torch.long)
+    def batch(self, keys: torch.Tensor | list[int]) -> TrainBatch:
+        """The TrainBatch of the sampler's `keys`, on the training device."""
+        idx = torch.as_tensor([self.rows[int(k)] for k in keys], dtype=torch.long)
         t = self.tensors
 
         def take(key: str) -> torch.Tensor:
@@ -130,7 +140,7 @@ class FeatureCache:
             take("label"),
             take("is_segmented"),
             None if bool(plain.all()) else take("loss_mask"),
-            idx,
+            take("index").cpu(),
         )
 
 
@@ -141,7 +151,9 @@ def _allocate(key: str, like: torch.Tensor, n: int, storage: str, folder, device
         path.mkdir(parents=True, exist_ok=True)
         dtype = np.int16 if like.dtype == torch.bfloat16 else np.float32  # bf16 kept bit for bit
         return np.lib.format.open_memmap(path / f"{key}.npy", mode="w+", dtype=dtype, shape=shape)
-    return torch.empty(shape, dtype=like.dtype, device=device if key not in ("label", "is_segmented") else "cpu")
+    return torch.empty(
+        shape, dtype=like.dtype, device=device if key not in ("label", "is_segmented", "index") else "cpu"
+    )
 
 
 def _store(target, index: torch.Tensor, value: torch.Tensor) -> None:

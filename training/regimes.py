@@ -87,7 +87,10 @@ def resolve(preset: Preset, regime_name: str, model: ModelConfig | None = None, 
         overlap=regime.overlap,
         flips=regime.flips,
         seed=regime.seed if seed is None else seed,
+        feature_window=preset.train.feature_window if regime.requires_masks else 0,  # windows need every mask
     )
+    if train.feature_window < 0:
+        raise ValueError(f"feature_window={train.feature_window!r} must be >= 0 (0: the whole feature map)")
     jims = not model.adapt_cls_features
     options: dict = {"good_only": not regime.uses_defects, "requires_masks": regime.requires_masks}
     if regime.uses_defects and jims:

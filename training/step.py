@@ -21,6 +21,7 @@ from pipeline.model import SuperSimpleNet
 from training.generator import AnomalyGenerator
 from training.generator import downsample_mask
 from training.generator import resize_loss_mask
+from training.windows import crop_windows
 
 
 class TrainBatch(NamedTuple):
@@ -95,8 +96,16 @@ class TrainForward(nn.Module):
         self.generator = generator
 
     def forward(
-        self, l2: torch.Tensor, l3: torch.Tensor, mask: torch.Tensor, label: torch.Tensor, seeds: list[int]
+        self,
+        l2: torch.Tensor,
+        l3: torch.Tensor,
+        mask: torch.Tensor,
+        label: torch.Tensor,
+        seeds: list[int],
+        windows: list[tuple[int, int]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`windows`: per-sample (top, left) of a feature window (training/windows.py); `mask` is then already
+        cropped to it, and the features are cropped here, after the feature stage saw the whole map."""
         m = self.model
         cfg = m.config
         need_pooled = not cfg.adapt_cls_features
@@ -105,6 +114,9 @@ class TrainForward(nn.Module):
         )  # [B, C, fh, fw] each (pooled None in ICPR)
         if pooled is not None:
             pooled = pooled.detach()  # frozen-backbone features: no gradient flows into them
+        if windows is not None:
+            size = mask.shape[-1]
+            adapted, pooled = crop_windows(adapted, windows, size), crop_windows(pooled, windows, size)
         out = self.generator(adapted, pooled, mask, label, seeds)
         if torch.is_autocast_enabled("cpu"):  # oneDNN's bf16 convolutions are fastest on NHWC
             out = out._replace(adapted=out.adapted.contiguous(memory_format=torch.channels_last))

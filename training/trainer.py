@@ -43,6 +43,8 @@ from training.step import TrainBatch
 from training.step import TrainForward
 from training.step import autocast
 from training.step import prepare_batch
+from training.windows import crop_windows
+from training.windows import window_offsets
 
 CACHE_MODES = ("auto", "memory", "disk", "off")
 AUTO_MEMORY_LIMIT = 8 << 30  # auto mode keeps at most this many bytes of features in memory, else disk
@@ -88,17 +90,21 @@ def make_sampler(dataset, resolved: Resolved, info: DistInfo) -> tuple[object, o
     return dataset, sampler
 
 
-def choose_cache(mode: str, view, model: SuperSimpleNet, out: Path | None) -> tuple[str, Path | None]:
-    """Resolve `auto`; refuse an explicit cache on augmented data. Returns (storage or 'off', disk folder)."""
+def choose_cache(
+    mode: str, view, model: SuperSimpleNet, out: Path | None, keys: list[int] | None = None
+) -> tuple[str, Path | None]:
+    """Resolve `auto`; refuse an explicit cache on augmented data that has no cache keys (the balanced sampler's
+    flip codes are keys). Returns (storage or 'off', disk folder)."""
     if mode not in CACHE_MODES:
         raise ValueError(f"feature cache {mode!r}; accepted: {', '.join(CACHE_MODES)}")
-    augmented = getattr(view, "augmented", False)
+    augmented = getattr(view, "augmented", False) and keys is None
     if mode == "off" or (mode == "auto" and augmented):
         return "off", None
     if augmented:
         raise CacheRefused(f"--feature-cache {mode}: the training data is augmented (flips); use --feature-cache off")
     if mode == "auto":
-        mode = "memory" if cache_bytes(model, len(view)) <= AUTO_MEMORY_LIMIT else "disk"
+        count = len(view) if keys is None else len(keys)
+        mode = "memory" if cache_bytes(model, count) <= AUTO_MEMORY_LIMIT else "disk"
     folder = None
     if mode == "disk":
         base = st.checkpoint_dir(out) if out is not None else Path(tempfile.gettempdir())
@@ -189,7 +195,8 @@ def fit(
         say(f"resumed after epoch {start} of {opts.epochs} from {st.checkpoint_dir(opts.out)}")
     forward = distributed.wrap(TrainForward(model, AnomalyGenerator(resolved.generator)), info, device)
     view, sampler = make_sampler(dataset, resolved, info)
-    storage, folder = choose_cache(opts.feature_cache, view, model, opts.out)
+    keys = sampler.cache_keys() if hasattr(sampler, "cache_keys") else None  # flip codes of a balanced epoch
+    storage, folder = choose_cache(opts.feature_cache, view, model, opts.out, keys)
     result = FitResult(history=history, cache=storage)
     try:
         cache = None
@@ -205,6 +212,7 @@ def fit(
                 folder,
                 opts.amp,
                 opts.num_workers,
+                keys=keys,
             )
             seconds = time.perf_counter() - t0
             say(f"feature cache ({storage}): {len(cache)} images, {cache.nbytes / 2**20:.1f} MiB, {seconds:.1f} s")
@@ -296,11 +304,16 @@ def run_epoch(model, forward, optimizer, view, sampler, cache, epoch, resolved, 
 def train_step(model, forward, optimizer, batch: TrainBatch, seeds, resolved, opts, device, info) -> torch.Tensor:
     """One optimisation step; returns the global [total, good, bad, seg_focal, cls_focal] (float64, CPU)."""
     optimizer.zero_grad(set_to_none=True)
+    mask, loss_mask, windows = batch.mask, batch.loss_mask, None
+    size = resolved.train.feature_window
+    if 0 < size < min(mask.shape[-2:]):  # heads train on one window per sample (training/windows.py)
+        windows = window_offsets(mask, batch.label, size, seeds)
+        mask, loss_mask = crop_windows(mask, windows, size), crop_windows(loss_mask, windows, size)
     with autocast(device, opts.amp, opts.cpu_bf16):
-        seg_map, score, mask, label = forward(batch.l2, batch.l3, batch.mask, batch.label, seeds)
+        seg_map, score, mask, label = forward(batch.l2, batch.l3, mask, batch.label, seeds, windows)
     copies = label.shape[0] // batch.label.shape[0]  # 2 (original + perturbed copy), 1 without synthetic anomalies
     is_segmented = batch.is_segmented.repeat(copies)
-    loss_mask = None if batch.loss_mask is None else batch.loss_mask.repeat(copies, 1, 1, 1)
+    loss_mask = None if loss_mask is None else loss_mask.repeat(copies, 1, 1, 1)
     reducer = (lambda t: distributed.sum_across(t, info)) if info.enabled else None
     parts = ssn_loss(seg_map, score, mask, label, is_segmented, loss_mask, reducer, info.world_size)
     parts.total.backward()

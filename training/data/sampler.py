@@ -70,6 +70,12 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
         np.add.at(self._freq, drawn, 1)
         return drawn
 
+    def cache_keys(self) -> list[int]:
+        """Every code an epoch can yield (each positive in each flip block, each negative unflipped), sorted: the
+        keys a feature cache needs (training/feature_cache.py)."""
+        codes = [block * self.size + int(i) for block in range(self.blocks) for i in self.positives]
+        return sorted(codes + [int(i) for i in self.negatives])
+
     def negative_counts(self, epoch: int) -> np.ndarray:
         """How often each negative was drawn in epochs [0, epoch) (replayed if needed)."""
         self._advance_to(epoch)
