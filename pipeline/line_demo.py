@@ -25,7 +25,7 @@ CAMERAS = ("cam1", "cam2", "cam3", "cam4")
 def configure_demo(parser) -> None:
     parser.add_argument("--data", type=Path, default=Path("data/synth"), help="synthetic dataset (written if absent)")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="checkpoint, repository, stream output")
-    parser.add_argument(  # 4 x 3 = 12 frames/s: below what the CPU server answers at 256x256 (~15)
+    parser.add_argument(  # 4 x 3 = 12 frames/s: below the CPU server's rate at 256x256 (README)
         "--fps", type=float, default=3.0, help="frames per second of each camera"
     )
     parser.add_argument("--frames", type=int, default=120, help="frames per camera")

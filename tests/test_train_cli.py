@@ -53,3 +53,18 @@ def test_mixed_and_weak_regimes_train(tmp_path, capsys, regime, anomalies):
     assert json.loads(metadata["config"])["stop_grad"] is False  # supervised regimes train without stop-grad
     assert metadata["backbone_weights"].startswith("random(seed=456654)+colour(floor=0.1)+bn-calibrated(4 images)")
     assert json.loads(metadata["thresholds"]) == {}
+
+
+def test_the_training_line_says_when_the_heads_train_on_feature_windows(tmp_path, capsys):
+    """The tiny preset's 40x40 windows apply where the feature map is larger (176x176 input: 44x44) and only in
+    the supervised regime; the line before training says so."""
+    root = folder(tmp_path / "data", good=4, defects=2, masks=2)
+    args = ["--preset", "tiny", "--set", "image_size=[176,176]", "--backbone-weights", "random", "--quiet"]
+    args += ["--dataset", "folder", "--data", str(root), "--epochs", "1", "--no-eval"]
+    lines = {}
+    for regime in ("supervised", "mixed"):
+        out = tmp_path / f"{regime}.safetensors"
+        assert main(["train", *args, "--supervision", regime, "--out", str(out)]) == 0
+        lines[regime] = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("training tiny"))
+    assert lines["supervised"].endswith("heads on 40x40 windows of the 44x44 feature map")
+    assert "windows" not in lines["mixed"]

@@ -236,6 +236,11 @@ def run_train(args) -> int:
         if resolved.generator.enabled
         else "masks only (no feature-noise anomalies)"
     )
+    window = resolved.train.feature_window
+    if 0 < window < min(resolved.model.feature_size):
+        anomalies += (
+            f", heads on {window}x{window} windows of the {'x'.join(map(str, resolved.model.feature_size))} feature map"
+        )
     log(
         f"training {preset.name} ({regime}, {'ICPR' if resolved.model.adapt_cls_features else 'JIMS'} head) on "
         f"{name}{'/' + args.category if args.category else ''}: {epochs} epochs, batch {batch} x {info.world_size} "

@@ -3,6 +3,7 @@ forward (feature stage + adaptor, synthetic anomalies, heads) that DistributedDa
 
     sample batch (training/data contract) -> prepare_batch -> TrainBatch(l2, l3, mask, label, is_segmented, ...)
     TrainBatch -> TrainForward -> (seg logits [2B,1,fh,fw], score logits [2B], mask' [2B,1,fh,fw], label' [2B])
+    (with feature windows, training/windows.py, fh = fw = the window's size)
 
 The backbone is frozen and always in eval mode, so its outputs are a pure function of the image: that is what
 training/feature_cache.py stores, and the cached and uncached paths meet at `TrainBatch`.
