@@ -194,6 +194,7 @@ def run_train(args) -> int:
     from training.step import cpu_bf16_for
     from training.trainer import FitOptions
     from training.trainer import fit
+    from training.windows import windows_apply
 
     start = time.perf_counter()
     if args.fail_below and args.no_eval:
@@ -237,7 +238,7 @@ def run_train(args) -> int:
         else "masks only (no feature-noise anomalies)"
     )
     window = resolved.train.feature_window
-    if 0 < window < min(resolved.model.feature_size):
+    if windows_apply(window, resolved.model.feature_size):
         anomalies += (
             f", heads on {window}x{window} windows of the {'x'.join(map(str, resolved.model.feature_size))} feature map"
         )

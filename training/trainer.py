@@ -45,6 +45,7 @@ from training.step import autocast
 from training.step import prepare_batch
 from training.windows import crop_windows
 from training.windows import window_offsets
+from training.windows import windows_apply
 
 CACHE_MODES = ("auto", "memory", "disk", "off")
 AUTO_MEMORY_LIMIT = 8 << 30  # auto mode keeps at most this many bytes of features in memory, else disk
@@ -306,7 +307,7 @@ def train_step(model, forward, optimizer, batch: TrainBatch, seeds, resolved, op
     optimizer.zero_grad(set_to_none=True)
     mask, loss_mask, windows = batch.mask, batch.loss_mask, None
     size = resolved.train.feature_window
-    if 0 < size < min(mask.shape[-2:]):  # heads train on one window per sample (training/windows.py)
+    if windows_apply(size, mask.shape[-2:]):  # heads train on one window per sample (training/windows.py)
         windows = window_offsets(mask, batch.label, size, seeds)
         mask, loss_mask = crop_windows(mask, windows, size), crop_windows(loss_mask, windows, size)
     with autocast(device, opts.amp, opts.cpu_bf16):

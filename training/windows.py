@@ -25,6 +25,12 @@ import torch
 WINDOW_STREAM = 0x57494E  # keeps the window draws apart from the Perlin / noise draws of the same seed
 
 
+def windows_apply(size: int, feature_size: tuple[int, int]) -> bool:
+    """Whether a `feature_window` of `size` crops a map of `feature_size` (0 or a window as large as the map: the
+    heads train on the whole map)."""
+    return 0 < size < min(feature_size)
+
+
 def window_offsets(mask: torch.Tensor, label: torch.Tensor, size: int, seeds: list[int]) -> list[tuple[int, int]]:
     """GT masks at feature size [B, 1, fh, fw] and labels [B] -> one (top, left) per sample for an
     size x size window (module docstring). `seeds[b]` keys sample b's draws. Raises on a defective sample
