@@ -86,6 +86,14 @@ def test_crop_windows_slices_each_sample_at_its_own_offset():
     assert crop_windows(None, [(0, 0)], 3) is None
 
 
+def _one_step(resolved, model, batch) -> None:
+    """One real `train_step` on `batch`, as the trainer runs it."""
+    forward = TrainForward(model, AnomalyGenerator(resolved.generator))
+    opts = FitOptions(epochs=1, batch_size=4, progress=False)
+    seeds = sample_seeds(resolved.train.seed, 0, range(4))
+    train_step(model, forward, build_optimizer(model, resolved.train), batch, seeds, resolved, opts, CPU, DistInfo())
+
+
 def _windowed_run(window: int):
     resolved = resolve(get_preset("tiny"), "supervised", model=SMALL)  # 8 x 12 feature map
     resolved = dataclasses.replace(resolved, train=dataclasses.replace(resolved.train, feature_window=window))
@@ -97,7 +105,6 @@ def _windowed_run(window: int):
 
 def test_the_heads_train_on_the_features_and_targets_of_the_same_window(monkeypatch):
     resolved, model, batch = _windowed_run(window=4)
-    seeds = sample_seeds(resolved.train.seed, 0, range(4))
     with torch.no_grad():  # the whole map's adapted features, computed before any training step
         _, full = reference.feature_stage(
             batch.l2, batch.l3, model.adaptor.weight, model.adaptor.bias, model.config.align_corners, model.impl, False
@@ -111,9 +118,7 @@ def test_the_heads_train_on_the_features_and_targets_of_the_same_window(monkeypa
 
     real_loss = trainer.ssn_loss
     monkeypatch.setattr(trainer, "ssn_loss", spy_loss)
-    forward = TrainForward(model, AnomalyGenerator(resolved.generator))
-    opts = FitOptions(epochs=1, batch_size=4, progress=False)
-    train_step(model, forward, build_optimizer(model, resolved.train), batch, seeds, resolved, opts, CPU, DistInfo())
+    _one_step(resolved, model, batch)
 
     fh, fw = model.config.feature_size
     assert (fh, fw) == (8, 12) and targets["seg"] == (4, 1, 4, 4)
@@ -133,24 +138,18 @@ def test_the_heads_train_on_the_features_and_targets_of_the_same_window(monkeypa
 
 def test_inference_sees_the_whole_map_after_windowed_training():
     resolved, model, batch = _windowed_run(window=4)
-    forward = TrainForward(model, AnomalyGenerator(resolved.generator))
-    opts = FitOptions(epochs=1, batch_size=4, progress=False)
-    seeds = sample_seeds(resolved.train.seed, 0, range(4))
-    train_step(model, forward, build_optimizer(model, resolved.train), batch, seeds, resolved, opts, CPU, DistInfo())
+    _one_step(resolved, model, batch)
     model.eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, *SMALL.image_size))
     assert out.anomaly_map.shape[-2:] == SMALL.image_size
 
 
-def test_a_window_as_large_as_the_map_trains_on_the_whole_map(monkeypatch):
+def test_a_window_as_large_as_the_map_trains_on_the_whole_map():
     resolved, model, batch = _windowed_run(window=8)  # the map is 8 x 12: no window fits inside smaller
     shapes = []
     model.seg_head.register_forward_hook(lambda _m, inputs, _o: shapes.append(tuple(inputs[0].shape)) and None)
-    forward = TrainForward(model, AnomalyGenerator(resolved.generator))
-    opts = FitOptions(epochs=1, batch_size=4, progress=False)
-    seeds = sample_seeds(resolved.train.seed, 0, range(4))
-    train_step(model, forward, build_optimizer(model, resolved.train), batch, seeds, resolved, opts, CPU, DistInfo())
+    _one_step(resolved, model, batch)
     assert shapes == [(4, model.config.feature_channels, 8, 12)]
 
 

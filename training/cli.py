@@ -237,16 +237,15 @@ def run_train(args) -> int:
         if resolved.generator.enabled
         else "masks only (no feature-noise anomalies)"
     )
-    window = resolved.train.feature_window
-    if windows_apply(window, resolved.model.feature_size):
-        anomalies += (
-            f", heads on {window}x{window} windows of the {'x'.join(map(str, resolved.model.feature_size))} feature map"
-        )
+    window, (fh, fw) = resolved.train.feature_window, resolved.model.feature_size
+    windows = (
+        f", heads on {window}x{window} windows of the {fh}x{fw} feature map" if windows_apply(window, (fh, fw)) else ""
+    )
     log(
         f"training {preset.name} ({regime}, {'ICPR' if resolved.model.adapt_cls_features else 'JIMS'} head) on "
         f"{name}{'/' + args.category if args.category else ''}: {epochs} epochs, batch {batch} x {info.world_size} "
         f"process(es), {device} {opts.step_precision(device)}, "
-        f"seed {resolved.train.seed}, {anomalies}"
+        f"seed {resolved.train.seed}, {anomalies}{windows}"
     )
     t0, cpu0 = time.perf_counter(), time.process_time()
     result = fit(model, train, resolved, opts, device, info, log)
