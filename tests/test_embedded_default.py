@@ -2,11 +2,11 @@
 -> ssn eval -> ssn infer prints a label per image. Gate: I-AUROC >= 0.90 and AUPRO >= 0.85 on the 64-image test
 split (32 good, 32 defective), and a good and a defective image labelled correctly.
 
-Measured on this split (2026-12-02, 256x256 with 40x40 feature windows, bf16 training on this AMX CPU): I-AUROC
-95.4, AUPRO 95.9; the gate keeps a margin below them so that a different CPU's rounding (or fp32 where bf16 is
-not native) cannot fail it, and the issue's targets (I-AUROC >= 95, AUPRO >= 85 on every family) are reported by
-bench/quality.py. The default 32-image split is too small to gate on: a few faint spots and stains along the
-streaks that score below the brightest good image give I-AUROC 89.8 there (AUPRO 95.7).
+Measured on this split (2026-12-02, 256x256 with 40x40 feature windows, the score started at the map's max, bf16
+training on this AMX CPU): I-AUROC 96.3, AUPRO 95.4; the gate keeps a margin below them so that a different CPU's
+rounding (or fp32 where bf16 is not native) cannot fail it, and the issue's targets (I-AUROC >= 95, AUPRO >= 85 on
+every family) are reported by bench/quality.py. The default 32-image split is too small to gate on: a few faint
+spots and stains along the streaks that score below the brightest good image give I-AUROC 91.8 there (AUPRO 95.9).
 
 The tiny preset trains supervised on the synthetic line's 32 labelled training defects (the test defects are other
 draws); the backbone is random here (no download), and `--backbone-weights random` makes that explicit, so the test

@@ -8,11 +8,13 @@ import dataclasses
 import torch
 
 from pipeline.backbone import torchvision_weights
+from pipeline.config import PRESETS
 from pipeline.config import get_preset
 from training.model_init import build_model
 from training.model_init import calibrate_colour
 from training.model_init import calibrate_if_random
 from training.model_init import colour_gains
+from training.model_init import start_score_at_map_max
 
 
 def test_fallback_to_random_equals_explicit_random(tmp_path, monkeypatch):
@@ -74,3 +76,34 @@ def test_only_a_random_backbone_is_colour_calibrated_and_the_source_says_so():
     assert calibrate_if_random(plain, plain_source, data, 2, torch.device("cpu"), lambda _m: None).endswith(
         "+bn-calibrated(4 images)"
     ) and torch.equal(plain.backbone.conv1.weight, before)  # colour_floor 0: conv1 untouched
+
+
+def test_the_score_init_makes_the_image_score_the_maps_max():
+    """One fc weight moves off its Xavier draw, and it is the map-max term's: with every other fc input weighted 0
+    and no bias, the cls head's score is exactly 2 x the map's max (spec §1.3), not its mean or a conv pool."""
+    config = dataclasses.replace(get_preset("tiny").model, image_size=(32, 32))
+    drawn, _ = build_model(config, "random", seed=5)
+    model, _ = build_model(config, "random", seed=5)
+    start_score_at_map_max(model, 2.0)
+    fc = model.cls_head.fc
+    moved = fc.weight != drawn.cls_head.fc.weight
+    assert int(moved.sum()) == 1 and torch.equal(fc.bias, drawn.cls_head.fc.bias)
+    with torch.no_grad():
+        fc.weight[~moved] = 0.0
+        fc.bias.zero_()
+    g = torch.Generator().manual_seed(1)
+    features = torch.randn(3, config.feature_channels, 8, 8, generator=g)
+    seg_map = torch.randn(3, 1, 8, 8, generator=g)
+    with torch.no_grad():
+        score = model.cls_head.eval()(features, seg_map)
+    torch.testing.assert_close(score, 2.0 * seg_map.flatten(1).max(dim=1).values)
+
+
+def test_the_paper_presets_keep_the_xavier_draw_of_the_score():
+    """Only the embedded CPU default starts its score at the map's max; the paper's recipes stay as they are."""
+    assert {name for name, p in PRESETS.items() if p.train.score_map_max_init} == {"tiny"}
+    config = dataclasses.replace(get_preset("mvtec").model, image_size=(32, 32))
+    drawn, _ = build_model(config, "random", seed=5)
+    model, _ = build_model(config, "random", seed=5)
+    start_score_at_map_max(model, get_preset("mvtec").train.score_map_max_init)
+    assert torch.equal(model.cls_head.fc.weight, drawn.cls_head.fc.weight)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from datafakes import folder
+from safetensors import safe_open
 
 from pipeline.checkpoint import read_metadata
 from pipeline.cli import main
@@ -66,5 +67,11 @@ def test_the_training_line_says_when_the_heads_train_on_feature_windows(tmp_path
         out = tmp_path / f"{regime}.safetensors"
         assert main(["train", *args, "--supervision", regime, "--out", str(out)]) == 0
         lines[regime] = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("training tiny"))
-    assert lines["supervised"].endswith("heads on 40x40 windows of the 44x44 feature map")
-    assert "windows" not in lines["mixed"]
+    assert lines["supervised"].endswith(
+        "masks only (no feature-noise anomalies), score starts as 1 x the map's max, "
+        "heads on 40x40 windows of the 44x44 feature map"
+    )
+    assert "windows" not in lines["mixed"] and "score starts as 1 x the map's max" in lines["mixed"]
+    # and it did: one epoch of Adam (lr 4e-4, 2 steps) leaves the map-max weight near 1; a Xavier draw has std 0.09
+    with safe_open(tmp_path / "supervised.safetensors", "pt") as ck:
+        assert abs(float(ck.get_tensor("cls_head.fc.weight")[0, 256]) - 1.0) < 0.01

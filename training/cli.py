@@ -190,6 +190,7 @@ def run_train(args) -> int:
     from training import evaluate
     from training.model_init import build_model
     from training.model_init import calibrate_if_random
+    from training.model_init import start_score_at_map_max
     from training.regimes import resolve
     from training.step import cpu_bf16_for
     from training.trainer import FitOptions
@@ -214,6 +215,7 @@ def run_train(args) -> int:
     model, source = build_model(
         resolved.model, args.backbone_weights, resolved.train.seed, args.impl, name == "synthetic", log
     )
+    start_score_at_map_max(model, resolved.train.score_map_max_init)
     source = calibrate_if_random(model, source, train, batch, device, log, resolved.train.colour_floor)
     if source.startswith(RANDOM) and regime == "unsupervised" and info.is_main:
         warn(RANDOM_UNSUPERVISED)
@@ -241,11 +243,13 @@ def run_train(args) -> int:
     windows = (
         f", heads on {window}x{window} windows of the {fh}x{fw} feature map" if windows_apply(window, (fh, fw)) else ""
     )
+    init = resolved.train.score_map_max_init
+    score = f", score starts as {init:g} x the map's max" if init else ""
     log(
         f"training {preset.name} ({regime}, {'ICPR' if resolved.model.adapt_cls_features else 'JIMS'} head) on "
         f"{name}{'/' + args.category if args.category else ''}: {epochs} epochs, batch {batch} x {info.world_size} "
         f"process(es), {device} {opts.step_precision(device)}, "
-        f"seed {resolved.train.seed}, {anomalies}{windows}"
+        f"seed {resolved.train.seed}, {anomalies}{score}{windows}"
     )
     t0, cpu0 = time.perf_counter(), time.process_time()
     result = fit(model, train, resolved, opts, device, info, log)

@@ -15,6 +15,11 @@ weights (exact: conv1 is linear in its input channels). On a grey line nearly al
 random conv1 mixes a colour-only defect into its channels no more strongly than the texture's own luminance
 changes; after the rescaling a colour direction weighs up to 1/sqrt(floor) times more. The floor (a fraction of
 the largest eigenvalue) keeps sensor noise from being blown up.
+
+Score init (`TrainConfig.score_map_max_init` != 0, the tiny preset): the cls head's fc weight on the map's max
+(spec §1.3, input 256 of 258) starts at that value instead of its Xavier draw, so the image score starts as the
+map's maximum and the 5x5-conv pools only have to add to it. With 32 labelled defects the conv pools fit the
+training defects and rank unseen ones worse than the map's max does (README: the stone line at seed 1).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pipeline.backbone import Backbone
 from pipeline.backbone import BackboneWeightsError
 from pipeline.backbone import load_backbone
 from pipeline.config import ModelConfig
+from pipeline.model import CLS_HIDDEN
 from pipeline.model import SuperSimpleNet
 from training.state import seed_everything
 
@@ -127,6 +133,14 @@ def build_model(
     if source == RANDOM:
         source = f"{RANDOM}(seed={seed})"
     return SuperSimpleNet(config, backbone, impl=impl), source
+
+
+@torch.no_grad()
+def start_score_at_map_max(model: SuperSimpleNet, weight: float) -> None:
+    """Set the cls fc's weight on the map-max pool (index 2 * CLS_HIDDEN of [x.max, x.mean, M.max, M.mean]) to
+    `weight`; 0 keeps the Xavier draw."""
+    if weight:
+        model.cls_head.fc.weight[0, 2 * CLS_HIDDEN] = weight
 
 
 def calibrate_if_random(
