@@ -162,7 +162,7 @@ PRESETS: dict[str, Preset] = {
                 score_map_max_init=1.0,
             ),
             "embedded CPU default: resnet18 at 256x256, JIMS head, supervised on the labelled defects, 12 epochs "
-            "on 40x40 feature windows",
+            "on 40x40 feature windows, the score started at the map's max",
         ),
     )
 }

@@ -215,7 +215,8 @@ def run_train(args) -> int:
     model, source = build_model(
         resolved.model, args.backbone_weights, resolved.train.seed, args.impl, name == "synthetic", log
     )
-    start_score_at_map_max(model, resolved.train.score_map_max_init)
+    init = resolved.train.score_map_max_init
+    start_score_at_map_max(model, init)
     source = calibrate_if_random(model, source, train, batch, device, log, resolved.train.colour_floor)
     if source.startswith(RANDOM) and regime == "unsupervised" and info.is_main:
         warn(RANDOM_UNSUPERVISED)
@@ -243,7 +244,6 @@ def run_train(args) -> int:
     windows = (
         f", heads on {window}x{window} windows of the {fh}x{fw} feature map" if windows_apply(window, (fh, fw)) else ""
     )
-    init = resolved.train.score_map_max_init
     score = f", score starts as {init:g} x the map's max" if init else ""
     log(
         f"training {preset.name} ({regime}, {'ICPR' if resolved.model.adapt_cls_features else 'JIMS'} head) on "
