@@ -1,9 +1,9 @@
 """The synthetic defect dataset: the embedded default for the demo, the tests and the benchmarks.
 
-`ssn synth --out DIR` writes a small MVTec-layout dataset of textured surfaces (eleven families: brushed metal,
+`ssn synth --out DIR` writes a small MVTec-layout dataset of textured surfaces (thirteen families: brushed metal,
 woven fabric, wood grain, speckled stone, leather, carpet, hairline metal, twill, concrete, perforated plate,
-marble; training/data/synthetic_textures.py) with scratches, spots, cracks and stains of wide size, contrast and
-colour (training/data/synthetic_defects.py), each with its exact mask, as PNG files. Every
+marble, wire mesh, halftone print; training/data/synthetic_textures.py) with scratches, spots, cracks and stains of
+wide size, contrast and colour (training/data/synthetic_defects.py), each with its exact mask, as PNG files. Every
 image comes from its own numpy Generator seeded by (seed, category, split, number), so the same seed gives
 byte-identical files, and choosing fewer categories does not change the others.
 
@@ -41,13 +41,14 @@ from training.data.synthetic_textures import to_uint8
 CATEGORIES = tuple(TEXTURES)  # metal, fabric, wood, stone, leather, ... (order fixes each category's seed)
 DEFAULT_CATEGORY = "metal"
 DEFAULTS = {"seed": 0, "size": 128, "train": 64, "test": 32, "train_defects": 32}
-VERSION = 3  # 2: labelled training defects; 3: eleven families, a look per (seed, family), wider defects
+VERSION = 3  # 2: labelled training defects; 3: eleven families, a look per (seed, family), wider defects (mesh
+# and halftone came later: a family's bytes depend only on its own index, so the others stayed as they were)
 MANIFEST = "synthetic.json"
 TREE = """\
 ROOT/                                  (written by `ssn synth --out ROOT`; generated on first use when absent)
 ├── synthetic.json                     the generation parameters (version 3)
 └── <category>/                        metal, fabric, wood, stone, leather, carpet, hairline, twill, concrete,
-    │                                  perforated, marble
+    │                                  perforated, marble, mesh, halftone
     ├── train/good/*.png               defect-free training images
     ├── train/<defect>/train_NNN.png   labelled defective training images (scratch, spot, crack, stain)
     ├── test/good/*.png

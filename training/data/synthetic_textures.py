@@ -1,6 +1,6 @@
 """Procedural surfaces for the synthetic dataset (numpy + scipy only; deterministic from a Generator).
 
-Eleven surface families. Like a production line, each dataset is one product under one camera: its look
+Thirteen surface families. Like a production line, each dataset is one product under one camera: its look
 (direction and scale of streaks, grain and rings, weave pitch and angle, colour, sensor noise) is drawn once per
 (seed, family) from `look`, and varies widely from seed to seed; each image then differs from the line's look
 as a line's images do (a little angle, scale and brightness, its own texture noise, placement and lighting
@@ -9,7 +9,10 @@ channel, so a defect (training/data/synthetic_defects.py) always has room to cha
 
 The families are built in different ways on purpose, so a recipe tuned on some can be checked on others
 (bench/quality.py): `metal` is Gaussian-filtered noise stretched along a direction, `hairline` is brushed metal
-made another way (a 1-D profile of fine lines, modulated along them); `fabric` is a plain weave, `twill` a twill.
+made another way (a 1-D profile of fine lines, modulated along them); `fabric` is a plain weave, `twill` a twill;
+`mesh` (wire cloth: dark openings between round wires), `halftone` (printed dots of varying size) and `perforated`
+(round holes punched in a plate) are surfaces whose normal structure is a regular grid of dark shapes, the kind a
+dark defect can hide beside.
 """
 
 from __future__ import annotations
@@ -247,6 +250,46 @@ def marble(look: np.random.Generator, rng: np.random.Generator, size: int) -> np
     return _finish(look, rng, value[..., None] * _near(rng, color, 0.02), 0.06)
 
 
+def wire_mesh(look: np.random.Generator, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Woven wire cloth: round wires along two axes over a dark background, the wire on top alternating at each
+    crossing (plain weave), dark square openings between them."""
+    angle = look.uniform(-0.3, 0.3) + look.choice([0.0, np.pi / 4])
+    pitch, diameter, dark = look.uniform(7, 14), look.uniform(0.35, 0.55), look.uniform(0.35, 0.5)  # per pitch
+    colors = ([1.0, 1.0, 1.03], [1.05, 0.92, 0.7])
+    color = _tint(look, colors[look.integers(2)], 0.04) * look.uniform(120, 165)
+    along, across = _rotated_grid(size, angle + rng.normal(0, 0.01))
+    pitch = _near(rng, pitch, 0.02)
+    u, v = along / pitch + rng.uniform(0, 1), across / pitch + rng.uniform(0, 1)
+
+    def height(t: np.ndarray) -> np.ndarray:  # a round wire's height across it (1 on its axis, 0 beside it)
+        return np.sqrt(np.clip(1 - (np.abs(t - np.round(t)) / (diameter / 2)) ** 2, 0, 1))
+
+    warp, weft = height(v), height(u)
+    warp_on_top = (np.round(u) + np.round(v)) % 2 == 0
+    top, under = np.where(warp_on_top, warp, weft), np.where(warp_on_top, weft, warp)
+    wire = np.where(top > 0, top, 0.75 * under)
+    value = np.where((warp > 0) | (weft > 0), 0.65 + 0.35 * wire, dark)
+    value = ndimage.gaussian_filter(value + 0.03 * _smooth_noise(rng, (size, size), 0.7), 0.6, mode="wrap")
+    return _finish(look, rng, value[..., None] * _near(rng, color, 0.03), 0.1)
+
+
+def halftone(look: np.random.Generator, rng: np.random.Generator, size: int) -> np.ndarray:
+    """A printed halftone: round ink dots on a regular screen at a print angle, each dot's size following a soft
+    tone (smooth noise), on paper with a faint fibre."""
+    angle = look.choice([np.pi / 12, np.pi / 4, 5 * np.pi / 12]) + look.normal(0, 0.03)  # screen angles 15/45/75
+    pitch, tone, spread = look.uniform(6, 12), look.uniform(0.2, 0.32), look.uniform(0.04, 0.1)
+    inks = ([0.35, 0.35, 0.38], [0.35, 0.65, 0.8], [0.8, 0.4, 0.6])  # black, cyan, magenta (paper fraction kept)
+    ink = np.asarray(inks[look.integers(3)]) * look.uniform(0.9, 1.1)
+    paper = _tint(look, [1.0, 0.98, 0.94], 0.02) * look.uniform(160, 195)
+    along, across = _rotated_grid(size, angle + rng.normal(0, 0.005))
+    u, v = along / pitch + rng.uniform(0, 1), across / pitch + rng.uniform(0, 1)
+    distance = np.hypot(u - np.round(u), v - np.round(v))
+    radius = np.clip(tone + spread * _smooth_noise(rng, (size, size), look.uniform(15, 40)), 0.1, 0.45)
+    dot = (1 / (1 + np.exp((distance - radius) / 0.04)))[..., None]
+    fibre = 1.0 + 0.02 * _smooth_noise(rng, (size, size), 0.8)[..., None]
+    return _finish(look, rng, fibre * _near(rng, paper, 0.02) * (1 - dot * (1 - ink)), 0.06)
+
+
 TEXTURES: dict[str, Callable[[np.random.Generator, np.random.Generator, int], np.ndarray]] = {
     "metal": brushed_metal,
     "fabric": woven_fabric,
@@ -259,6 +302,8 @@ TEXTURES: dict[str, Callable[[np.random.Generator, np.random.Generator, int], np
     "concrete": concrete,
     "perforated": perforated_plate,
     "marble": marble,
+    "mesh": wire_mesh,
+    "halftone": halftone,
 }
 
 
