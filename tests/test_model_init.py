@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 
@@ -15,8 +14,6 @@ from training.model_init import build_model
 from training.model_init import calibrate_colour
 from training.model_init import calibrate_if_random
 from training.model_init import colour_gains
-from training.model_init import orient_conv1
-from training.model_init import oriented_filters
 from training.model_init import start_score_at_map_max
 
 
@@ -79,64 +76,6 @@ def test_only_a_random_backbone_is_colour_calibrated_and_the_source_says_so():
     assert calibrate_if_random(plain, plain_source, data, 2, torch.device("cpu"), lambda _m: None).endswith(
         "+bn-calibrated(4 images)"
     ) and torch.equal(plain.backbone.conv1.weight, before)  # colour_floor 0: conv1 untouched
-    oriented, oriented_source = build_model(config, "random", seed=3)
-    source = calibrate_if_random(oriented, oriented_source, data, 2, torch.device("cpu"), lambda _m: None, 0.1, True)
-    assert source == "random(seed=3)+oriented-conv1(39)+colour(floor=0.1)+bn-calibrated(4 images)"
-    assert torch.equal(oriented.backbone.conv1.weight[39:], model.backbone.conv1.weight[39:])  # same colour calibration
-
-
-def _line(angle: float, size: int = 7) -> torch.Tensor:
-    """A 1-px bright line through the centre whose normal points at `angle` (pixels within 0.5 of it)."""
-    r = torch.arange(size, dtype=torch.double) - size // 2
-    ys, xs = torch.meshgrid(r, r, indexing="ij")
-    return ((xs * math.cos(angle) + ys * math.sin(angle)).abs() < 0.5).double()
-
-
-def test_each_gabor_answers_most_to_a_line_across_its_own_orientation():
-    """The 32 Gabors come as 2 wavelengths x 8 orientations (pi k / 8) x (even, odd): the even one of orientation
-    k responds most to the line whose normal is at pi k / 8, the odd one (antisymmetric) responds to no centred
-    line and most to one shifted a pixel along that normal; no Gabor sees flat grey, and all 34 luminance filters
-    weigh R, G and B alike."""
-    bank = oriented_filters(7)
-    assert bank.shape == (39, 3, 7, 7)
-    torch.testing.assert_close(bank.flatten(1).norm(dim=1), torch.ones(39, dtype=torch.double))
-    lines = torch.stack([_line(math.pi * k / 8) for k in range(8)])  # [8, 7, 7]
-    shifted = torch.stack([torch.roll(_line(0.0), 1, dims=1), torch.roll(_line(math.pi / 2), 1, dims=0)])
-    for group in range(2):
-        even = bank[16 * group : 16 * group + 16 : 2].sum(dim=1)  # [8, 7, 7]: the grey filters' spatial part
-        odd = bank[16 * group + 1 : 16 * group + 16 : 2].sum(dim=1)
-        responses = torch.einsum("fhw,lhw->fl", even, lines)  # [filter, line]
-        assert torch.equal(responses.argmax(dim=1), torch.arange(8)), responses
-        assert torch.einsum("fhw,lhw->fl", odd, lines).abs().max() < 1e-9
-        side = torch.einsum("fhw,lhw->fl", odd[[0, 4]], shifted).diagonal().abs()
-        assert bool((side > 0.1).all()), side
-    flat = torch.ones(3, 7, 7, dtype=torch.double)
-    assert torch.einsum("fchw,chw->f", bank[:32], flat).abs().max() < 1e-9
-    channels = bank[:34]
-    assert torch.equal(channels[:, 0], channels[:, 1]) and torch.equal(channels[:, 1], channels[:, 2])
-
-
-def test_the_colour_filters_are_blind_to_grey_except_the_mean():
-    bank = oriented_filters(7)[34:]  # [5, 3, 7, 7]
-    grey = torch.ones(3, 7, 7, dtype=torch.double)
-    sums = torch.einsum("fchw,chw->f", bank, grey)
-    assert sums[0] > 0.5 and sums[1:].abs().max() < 1e-9
-    blue = torch.zeros(3, 7, 7, dtype=torch.double)
-    blue[2] = 1.0
-    assert torch.einsum("fchw,chw->f", bank[1:], blue).abs().max() > 0.1  # (R+G)/2-B, G-B, R-B see blue
-
-
-def test_orienting_conv1_replaces_the_first_filters_only_at_the_random_draws_norm():
-    config = dataclasses.replace(get_preset("tiny").model, image_size=(32, 32))
-    model, _ = build_model(config, "random", seed=3)
-    before = model.backbone.conv1.weight.detach().clone()
-    assert orient_conv1(model.backbone) == 39
-    after = model.backbone.conv1.weight
-    assert torch.equal(after[39:], before[39:])
-    norms = after[:39].flatten(1).norm(dim=1)
-    torch.testing.assert_close(norms, before.flatten(1).norm(dim=1).mean().expand(39), rtol=1e-5, atol=0)
-    cosine = torch.nn.functional.cosine_similarity(after[:39].flatten(1).double(), oriented_filters(7).flatten(1))
-    torch.testing.assert_close(cosine, torch.ones(39, dtype=torch.double), rtol=0, atol=1e-6)
 
 
 def test_the_score_init_makes_the_image_score_the_maps_max():

@@ -52,9 +52,7 @@ def test_mixed_and_weak_regimes_train(tmp_path, capsys, regime, anomalies):
     assert masked in text
     metadata = read_metadata(out)
     assert json.loads(metadata["config"])["stop_grad"] is False  # supervised regimes train without stop-grad
-    assert metadata["backbone_weights"].startswith(
-        "random(seed=456654)+oriented-conv1(39)+colour(floor=0.1)+bn-calibrated(4 images)"
-    )
+    assert metadata["backbone_weights"].startswith("random(seed=456654)+colour(floor=0.1)+bn-calibrated(4 images)")
     assert json.loads(metadata["thresholds"]) == {}
 
 

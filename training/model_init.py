@@ -16,14 +16,6 @@ random conv1 mixes a colour-only defect into its channels no more strongly than 
 changes; after the rescaling a colour direction weighs up to 1/sqrt(floor) times more. The floor (a fraction of
 the largest eigenvalue) keeps sensor noise from being blown up.
 
-Oriented conv1 (`TrainConfig.oriented_conv1`, the tiny preset): before the colour and BN passes, the first 39 of
-the random conv1's 64 filters are replaced by a fixed bank (`oriented_filters`): luminance Gabor filters at 8
-orientations, even and odd, of wavelengths 3 and 6 px, two differences of Gaussians and five colour Gaussians (the
-mean and four opponent directions), each at the mean norm of the random draw; the other 25 keep their draw. A
-random 7x7 filter is mostly high-frequency noise, so a 1-2 px scratch reaches the random layers above it weakly and
-at no particular orientation; ImageNet's conv1 learns Gabor-like filters (README "Training and evaluation": what
-this bought on each line).
-
 Score init (`TrainConfig.score_map_max_init` != 0, the tiny preset): the cls head's fc weight on the map's max
 (spec §1.3, input 256 of 258) starts at that value instead of its Xavier draw, so the image score starts as the
 map's maximum and the 5x5-conv pools only have to add to it. With 32 labelled defects the conv pools fit the
@@ -32,7 +24,6 @@ training defects and rank unseen ones worse than the map's max does (README: the
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -101,43 +92,6 @@ def calibrate_colour(backbone: Backbone, images, floor: float, device: torch.dev
     return gains
 
 
-def oriented_filters(size: int = 7) -> torch.Tensor:
-    """[39, 3, size, size] unit-norm filters: 32 luminance Gabors (wavelength 3 px at sigma 1.2 and 6 px at sigma
-    2, 8 orientations, even then odd; the even ones zero-mean), 2 luminance differences of Gaussians (sigma 0.8 vs
-    1.6 and 1.5 vs 3), 5 Gaussians (sigma 1.5) on the colour directions mean, R-G, (R+G)/2-B, G-B and R-B."""
-    ys, xs = torch.meshgrid(torch.arange(size) - size // 2, torch.arange(size) - size // 2, indexing="ij")
-    ys, xs = ys.double(), xs.double()
-    grey = torch.ones(3, 1, 1, dtype=torch.double) / 3
-    filters = []
-    for wavelength, sigma in ((3.0, 1.2), (6.0, 2.0)):
-        for step in range(8):
-            angle = math.pi * step / 8
-            across = xs * math.cos(angle) + ys * math.sin(angle)
-            along = -xs * math.sin(angle) + ys * math.cos(angle)
-            envelope = torch.exp(-(across**2 + along**2) / (2 * sigma**2))
-            even = envelope * torch.cos(2 * math.pi * across / wavelength)
-            odd = envelope * torch.sin(2 * math.pi * across / wavelength)
-            filters += [grey * (even - even.mean()), grey * odd]
-    radius2 = xs**2 + ys**2
-    gauss = [torch.exp(-radius2 / (2 * s**2)) / s**2 for s in (0.8, 1.6, 1.5, 3.0)]
-    filters += [grey * (gauss[0] - gauss[1]), grey * (gauss[2] - gauss[3])]
-    for direction in ((1, 1, 1), (1, -1, 0), (1, 1, -2), (0, 1, -1), (1, 0, -1)):
-        filters.append(torch.tensor(direction, dtype=torch.double).view(3, 1, 1) * gauss[2])
-    bank = torch.stack(filters)
-    return bank / bank.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-
-
-@torch.no_grad()
-def orient_conv1(backbone: Backbone) -> int:
-    """Replace the first filters of a random conv1 by `oriented_filters`, scaled to the mean norm of the random
-    draw; returns how many were replaced."""
-    weight = backbone.conv1.weight  # [64, 3, 7, 7]
-    bank = oriented_filters(weight.shape[-1])
-    scale = weight.flatten(1).norm(dim=1).mean()
-    weight[: len(bank)] = (bank * scale.double()).to(weight.dtype)
-    return len(bank)
-
-
 def load_training_backbone(
     name: str, weights: str | None, allow_random_fallback: bool, log=print
 ) -> tuple[Backbone, str]:
@@ -190,17 +144,10 @@ def start_score_at_map_max(model: SuperSimpleNet, weight: float) -> None:
 
 
 def calibrate_if_random(
-    model: SuperSimpleNet,
-    source: str,
-    dataset,
-    batch_size: int,
-    device,
-    log=print,
-    colour_floor: float = 0.0,
-    oriented_conv1: bool = False,
+    model: SuperSimpleNet, source: str, dataset, batch_size: int, device, log=print, colour_floor: float = 0.0
 ) -> str:
-    """Orient conv1 (oriented_conv1), colour-calibrate (colour_floor > 0), then BN-calibrate a random backbone on
-    the good images of `dataset`; returns the updated source string."""
+    """Colour-calibrate (colour_floor > 0), then BN-calibrate a random backbone on the good images of `dataset`;
+    returns the updated source string."""
     if not source.startswith(RANDOM):
         return source
     good = [i for i in range(len(dataset)) if _label(dataset, i) == 0]
@@ -209,10 +156,6 @@ def calibrate_if_random(
     subset = torch.utils.data.Subset(dataset, good)
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False)
     model.backbone.to(device)
-    if oriented_conv1:
-        count = orient_conv1(model.backbone)
-        log(f"random {model.config.backbone} backbone: {count} conv1 filters set to oriented and colour filters")
-        source = f"{source}+oriented-conv1({count})"
     if colour_floor > 0:
         gains = calibrate_colour(model.backbone, (s["image"] for s in loader), colour_floor, device)
         log(f"random {model.config.backbone} backbone: colour directions rescaled by {gains.tolist()} (conv1)")
