@@ -3,9 +3,11 @@
 The synthetic anomalies, the data order, every loss mean and the batch-norm statistics are the same by construction;
 only float summation order differs (gradient all-reduce, batch-norm statistics as sums). The two ranks hold
 bit-identical weights. Tolerance, after 4 AdamW steps: for every tensor with a non-zero gradient,
-||w_ddp - w_single|| <= 3e-3 * ||w_single - w_init|| (measured: <= 5e-4 on an AMD EPYC, 1.02e-3 on an Intel Xeon, both
-for the cls conv weight, which feeds a batch norm; the largest relative gaps are elements whose gradient is near 0,
-where Adam's g / sqrt(v) amplifies rounding). A sharding or averaging bug moves weights by O(1) of their step.
+||w_ddp - w_single|| <= 3e-3 * ||w_single - w_init|| + the steps of FLIPS elements (measured: 1.02e-3 relative on an
+Intel Xeon, for the cls conv weight, which feeds a batch norm; on an AMD EPYC, 2026-12-02, 5.9e-3 for the JIMS adaptor,
+which moves little: 5.8e-4 absolute, about two elements' steps). The largest gaps are elements whose gradient is near
+0: Adam's first step is lr * sign(g), so rounding that flips such a sign moves that element by 2 lr. A sharding or
+averaging bug moves weights by O(1) of their step.
 The biases of the first seg conv and of the cls conv feed a batch norm, so their gradient is analytically zero (so is
 the adaptor bias's in the JIMS head): Adam turns rounding-level gradients into steps of up to lr in both runs, so they
 are only checked against that bound.
@@ -30,6 +32,7 @@ ZERO_GRADIENT = ("seg_head.0.bias", "cls_head.conv.0.bias")  # each feeds a batc
 if not get_preset("tiny").model.adapt_cls_features:  # JIMS: the adaptor feeds only the seg head's conv + BN
     ZERO_GRADIENT += ("adaptor.bias",)
 MAX_LR, STEPS = 2e-4, 4
+FLIPS = 4  # elements whose near-zero gradient may change sign by rounding (each moves by up to 2 lr a step)
 
 
 def run(cmd: list[str]) -> None:
@@ -55,7 +58,8 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path):
             assert gap <= 2 * STEPS * MAX_LR * w.numel() ** 0.5, key
             continue
         moved = float((w.double() - one["init"][key].double()).norm())
-        assert moved > 0 and gap <= RELATIVE_TOLERANCE * moved, f"{key}: |dw| {gap:.3g} vs moved {moved:.3g}"
+        allowed = RELATIVE_TOLERANCE * moved + 2 * STEPS * MAX_LR * FLIPS**0.5
+        assert moved > 0 and gap <= allowed, f"{key}: |dw| {gap:.3g} vs moved {moved:.3g}"
     # JIMS head: the cls head's batch norm sees the raw pooled features, whose sums round further apart (measured
     # 7.3e-5 absolute at step 3, where 1e-5 relative was allowed); a sharding or averaging bug moves a loss by percents
     torch.testing.assert_close(torch.tensor(rank0["losses"]), torch.tensor(one["losses"]), rtol=3e-4, atol=1e-6)
