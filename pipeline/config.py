@@ -116,6 +116,7 @@ class TrainConfig:
     # duplicated batch; the unsupervised and weak regimes always use them (nothing else teaches the seg head there)
     synthetic_with_masks: bool = True
     colour_floor: float = 0.0  # > 0: a random backbone's conv1 gets the colour rescaling (training/model_init.py)
+    choose_conv1: bool = False  # a random conv1 as drawn or the oriented bank, by a probe (training/conv1_choice.py)
     feature_window: int = 0  # > 0: supervised steps train the heads on an n x n feature window (training/windows.py)
     score_map_max_init: float = 0.0  # != 0: the cls fc's weight on the map's max starts here (training/model_init.py)
 
@@ -145,9 +146,9 @@ PRESETS: dict[str, Preset] = {
             # distance-weighted masks): with a random backbone the unsupervised maps depend on the seed. The CPU
             # recipe (README "Training and evaluation", bench/quality.py): the masks alone teach the seg head (no
             # feature-noise anomalies, so no duplicated batch), twice the authors' learning rates, a
-            # colour-calibrated conv1, 256x256 input (the 128-px lines upsampled: thin defects span more feature
-            # cells) whose heads train on 40x40 windows of the 64x64 feature map, the score started at the map's max,
-            # in bf16 on the CPU
+            # colour-calibrated conv1 (as drawn or the oriented bank, chosen on the training split), 256x256 input
+            # (the 128-px lines upsampled: thin defects span more feature cells) whose heads train on 40x40 windows
+            # of the 64x64 feature map, the score started at the map's max, in bf16 on the CPU
             ModelConfig(backbone="resnet18", image_size=(256, 256), adapt_cls_features=False, **_SUP_MODEL),
             dataclasses.replace(
                 _SUPERVISED,
@@ -158,6 +159,7 @@ PRESETS: dict[str, Preset] = {
                 seg_lr=4e-4,
                 cls_lr=4e-4,
                 colour_floor=0.1,
+                choose_conv1=True,
                 feature_window=40,
                 score_map_max_init=1.0,
             ),

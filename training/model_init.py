@@ -16,6 +16,10 @@ random conv1 mixes a colour-only defect into its channels no more strongly than 
 changes; after the rescaling a colour direction weighs up to 1/sqrt(floor) times more. The floor (a fraction of
 the largest eigenvalue) keeps sensor noise from being blown up.
 
+Conv1 choice (`TrainConfig.choose_conv1`, the tiny preset): a copy of the random backbone whose conv1 starts from
+the oriented bank is calibrated the same way, and the one whose frozen features rank the labelled training defects
+higher keeps its place (training/conv1_choice.py); the recorded source names the choice and both probe scores.
+
 Score init (`TrainConfig.score_map_max_init` != 0, the tiny preset): the cls head's fc weight on the map's max
 (spec §1.3, input 256 of 258) starts at that value instead of its Xavier draw, so the image score starts as the
 map's maximum and the 5x5-conv pools only have to add to it. With 32 labelled defects the conv pools fit the
@@ -24,6 +28,7 @@ training defects and rank unseen ones worse than the map's max does (README: the
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -37,6 +42,9 @@ from pipeline.backbone import load_backbone
 from pipeline.config import ModelConfig
 from pipeline.model import CLS_HIDDEN
 from pipeline.model import SuperSimpleNet
+from training.conv1_choice import orient_conv1
+from training.conv1_choice import probe_auroc
+from training.conv1_choice import probe_reason
 from training.state import seed_everything
 
 
@@ -144,10 +152,18 @@ def start_score_at_map_max(model: SuperSimpleNet, weight: float) -> None:
 
 
 def calibrate_if_random(
-    model: SuperSimpleNet, source: str, dataset, batch_size: int, device, log=print, colour_floor: float = 0.0
+    model: SuperSimpleNet,
+    source: str,
+    dataset,
+    batch_size: int,
+    device,
+    log=print,
+    colour_floor: float = 0.0,
+    choose_conv1: bool = False,
 ) -> str:
     """Colour-calibrate (colour_floor > 0), then BN-calibrate a random backbone on the good images of `dataset`;
-    returns the updated source string."""
+    with `choose_conv1`, also a copy whose conv1 starts from the oriented bank, and keep the one the training split
+    ranks higher (training/conv1_choice.py). Returns the updated source string."""
     if not source.startswith(RANDOM):
         return source
     good = [i for i in range(len(dataset)) if _label(dataset, i) == 0]
@@ -156,13 +172,46 @@ def calibrate_if_random(
     subset = torch.utils.data.Subset(dataset, good)
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False)
     model.backbone.to(device)
+    oriented = copy.deepcopy(model.backbone) if choose_conv1 else None
+    calibrated = _calibrate(model.backbone, loader, colour_floor, device, log)
+    if oriented is None:
+        return f"{source}{calibrated}"
+    reason = probe_reason(dataset)
+    if reason:
+        log(f"random {model.config.backbone} backbone: conv1 kept as drawn, not chosen ({reason})")
+        return f"{source}{calibrated}"
+    rng = torch.random.get_rng_state()  # the copy's calibration draws loader seeds; the training must not see it
+    count = orient_conv1(oriented.conv1)
+    _calibrate(oriented, loader, colour_floor, device, lambda _m: None)
+    torch.random.set_rng_state(rng)
+    drawn = probe_auroc(model, dataset)
+    kept = model.backbone
+    model.backbone = oriented
+    bank = probe_auroc(model, dataset)
+    take = torch.tensor([int(bank > drawn)], device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.broadcast(take, src=0)  # a near tie may round apart across ranks: all follow rank 0
+    if not take.item():
+        model.backbone = kept
+    choice = f"conv1-choice(drawn {100 * drawn:.1f}, oriented {100 * bank:.1f})"
+    log(
+        f"random {model.config.backbone} backbone: conv1 {'oriented' if take.item() else 'as drawn'} (pixel AUROC "
+        f"of a nearest-good-cell probe on the training split: drawn {100 * drawn:.1f}, oriented {100 * bank:.1f})"
+    )
+    prefix = f"+oriented-conv1({count})" if take.item() else ""
+    return f"{source}{prefix}{calibrated}+{choice}"
+
+
+def _calibrate(backbone: Backbone, loader, colour_floor: float, device, log) -> str:
+    """Colour (colour_floor > 0), then BN calibration of `backbone` on `loader`'s images; returns the source suffix."""
+    suffix = ""
     if colour_floor > 0:
-        gains = calibrate_colour(model.backbone, (s["image"] for s in loader), colour_floor, device)
-        log(f"random {model.config.backbone} backbone: colour directions rescaled by {gains.tolist()} (conv1)")
-        source = f"{source}+colour(floor={colour_floor:g})"
-    seen = calibrate_batchnorm(model.backbone, (s["image"] for s in loader), device)
-    log(f"random {model.config.backbone} backbone: BN statistics calibrated on {seen} good training images")
-    return f"{source}+bn-calibrated({seen} images)"
+        gains = calibrate_colour(backbone, (s["image"] for s in loader), colour_floor, device)
+        log(f"random {backbone.name} backbone: colour directions rescaled by {gains.tolist()} (conv1)")
+        suffix = f"+colour(floor={colour_floor:g})"
+    seen = calibrate_batchnorm(backbone, (s["image"] for s in loader), device)
+    log(f"random {backbone.name} backbone: BN statistics calibrated on {seen} good training images")
+    return f"{suffix}+bn-calibrated({seen} images)"
 
 
 def _label(dataset, index: int) -> int:
