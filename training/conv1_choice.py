@@ -84,7 +84,8 @@ def _features(model, dataset, indices: list[int]) -> tuple[torch.Tensor, torch.T
     feats, cells = [], []
     for start in range(0, len(indices), 16):
         samples = [dataset[i] for i in indices[start : start + 16]]
-        pooled = model.features(torch.stack([s["image"] for s in samples]), need_pooled=True).pooled
+        images = torch.stack([s["image"] for s in samples]).to(model.backbone.conv1.weight.device)
+        pooled = model.features(images, need_pooled=True).pooled
         mask = torch.stack([s["mask"] for s in samples]).float()
         feats.append(pooled.float().cpu())
         cells.append(F.adaptive_avg_pool2d(mask, pooled.shape[-2:])[:, 0] > DEFECT_FRACTION)
