@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kernels import reference
@@ -68,6 +69,38 @@ class SegHead(nn.Sequential):
         )
 
 
+class FrozenFeaturesConv(torch.autograd.Function):
+    """The cls head's 5x5 "same" conv on cat[F, M] where F carries no gradient: the same forward, and a backward
+    that skips F's input gradient (the larger half of the conv's backward; weight, bias and M gradients are
+    bit-identical to the plain conv's, autocast included: tests/test_cls_conv_backward.py)."""
+
+    @staticmethod
+    def forward(ctx, features, seg_map, weight, bias):
+        x = torch.cat([features, seg_map], dim=1)  # [B, C + 1, h, w]
+        if torch.is_autocast_enabled(x.device.type):  # the casts autocast would make for the conv
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            out = F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2)
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        pad = [weight.shape[-1] // 2] * 2
+        conv_backward = torch.ops.aten.convolution_backward
+        _, grad_w, grad_b = conv_backward(
+            grad, x, weight, [weight.shape[0]], [1, 1], pad, [1, 1], False, [0, 0], 1, [False, True, True]
+        )
+        grad_map = None
+        if ctx.needs_input_grad[1]:  # the map's channel alone
+            map_x, map_w = x[:, -1:], weight[:, -1:]
+            mask = [True, False, False]
+            grad_map = conv_backward(grad, map_x, map_w, None, [1, 1], pad, [1, 1], False, [0, 0], 1, mask)[0]
+        return None, grad_map, grad_w, grad_b
+
+
 class ClsHead(nn.Module):
     """5x5 conv block on [features, map] -> max/avg pools of it and of the map -> Linear(258, 1)."""
 
@@ -80,7 +113,11 @@ class ClsHead(nn.Module):
 
     def forward(self, features: torch.Tensor, seg_map: torch.Tensor) -> torch.Tensor:
         # features: [B, C, fh, fw], seg_map: [B, 1, fh, fw] -> score logits [B]
-        x = self.conv(torch.cat([features, seg_map], dim=1))  # [B, 128, fh, fw]
+        if torch.is_grad_enabled() and not features.requires_grad:  # JIMS training: frozen pooled features
+            conv = self.conv[0]
+            x = self.conv[2](self.conv[1](FrozenFeaturesConv.apply(features, seg_map, conv.weight, conv.bias)))
+        else:
+            x = self.conv(torch.cat([features, seg_map], dim=1))  # [B, 128, fh, fw]
         pooled = torch.cat(
             [x.amax(dim=(2, 3)), x.mean(dim=(2, 3)), seg_map.amax(dim=(2, 3)), seg_map.mean(dim=(2, 3))], 1
         )
