@@ -146,10 +146,10 @@ PRESETS: dict[str, Preset] = {
             # distance-weighted masks): with a random backbone the unsupervised maps depend on the seed. The CPU
             # recipe (README "Training and evaluation", bench/quality.py): the masks alone teach the seg head (no
             # feature-noise anomalies, so no duplicated batch), twice the authors' learning rates, a
-            # colour-calibrated conv1 (as drawn or the oriented bank, chosen on the training split), 256x256 input
+            # colour-calibrated conv1 (as drawn or the oriented bank, chosen on the training split), 320x320 input
             # (the 128-px lines upsampled: thin defects span more feature cells) whose heads train on 40x40 windows
-            # of the 64x64 feature map, the score started at the map's max, in bf16 on the CPU
-            ModelConfig(backbone="resnet18", image_size=(256, 256), adapt_cls_features=False, **_SUP_MODEL),
+            # of the 80x80 feature map, the score started at the map's max, in bf16 on the CPU
+            ModelConfig(backbone="resnet18", image_size=(320, 320), adapt_cls_features=False, **_SUP_MODEL),
             dataclasses.replace(
                 _SUPERVISED,
                 epochs=12,
@@ -163,7 +163,7 @@ PRESETS: dict[str, Preset] = {
                 feature_window=40,
                 score_map_max_init=1.0,
             ),
-            "embedded CPU default: resnet18 at 256x256, JIMS head, supervised on the labelled defects, 12 epochs "
+            "embedded CPU default: resnet18 at 320x320, JIMS head, supervised on the labelled defects, 12 epochs "
             "on 40x40 feature windows, the score started at the map's max",
         ),
     )

@@ -25,8 +25,8 @@ CAMERAS = ("cam1", "cam2", "cam3", "cam4")
 def configure_demo(parser) -> None:
     parser.add_argument("--data", type=Path, default=Path("data/synth"), help="synthetic dataset (written if absent)")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="checkpoint, repository, stream output")
-    parser.add_argument(  # 4 x 3 = 12 frames/s: below the CPU server's rate at 256x256 (README)
-        "--fps", type=float, default=3.0, help="frames per second of each camera"
+    parser.add_argument(  # 4 x 2 = 8 frames/s: below the CPU server's rate at 320x320 (about 11; README)
+        "--fps", type=float, default=2.0, help="frames per second of each camera"
     )
     parser.add_argument("--frames", type=int, default=120, help="frames per camera")
     parser.add_argument("--skip-training", action="store_true", help="reuse RUNS/tiny.safetensors if it exists")
