@@ -22,7 +22,8 @@ random backbone the seed draws conv1..layer3 as well as the heads' start, and on
 so two recipes that close are compared over several draws: the summary then gives each line's worst draw.
 
 Printed per family: I-AUROC, AUPRO, P-AUROC (%), training wall time, the training process's CPU time
-(user + sys: what load inflates least) and the 1-minute load average during the run. JSON:
+(user + sys: what load inflates least) and the 1-minute load average during the run; below each line, its defect
+kinds and the checkpoint's backbone source (the draw, the calibration, the probe's choice and scores). JSON:
 bench/results/quality.json by default.
 """
 
@@ -129,6 +130,7 @@ def run_family(
         "seed": seed,
         "draw": draw,
         **{m: metrics[m] for m in METRICS},
+        "seg-I-AUROC": metrics.get("seg-I-AUROC"),  # the map's max as the score: is the map or the cls head the limit
         "train_s": result["train_seconds"],
         "train_cpu_s": result.get("train_cpu_seconds"),
         "total_s": wall,
@@ -139,8 +141,16 @@ def run_family(
         "precision": result.get("precision"),
         "meets_targets": all(metrics[m] is not None and metrics[m] >= t for m, t in TARGETS.items()),
         "per_kind": per_kind(out, family, seed, test),
+        "backbone": backbone_source(out),
     }
     return row
+
+
+def backbone_source(checkpoint: Path) -> str:
+    """The checkpoint's recorded backbone source: the draw, its calibration and the probe's choice with its scores."""
+    from pipeline.checkpoint import read_metadata
+
+    return read_metadata(checkpoint)["backbone_weights"]
 
 
 def per_kind(checkpoint: Path, family: str, seed: int, test: int) -> dict:
@@ -270,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{k} {100 * v['I-AUROC']:.0f}/{100 * v['AUPRO']:.0f}" for k, v in row["per_kind"].items()
                 )
                 print(f"    per defect kind (I-AUROC/AUPRO): {kinds}", flush=True)
+                print(f"    backbone: {row['backbone']}", flush=True)
     print()
     print_table(*table(rows))
     print()
