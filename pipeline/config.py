@@ -117,7 +117,6 @@ class TrainConfig:
     synthetic_with_masks: bool = True
     colour_floor: float = 0.0  # > 0: a random backbone's conv1 gets the colour rescaling (training/model_init.py)
     choose_conv1: bool = False  # a random conv1 as drawn or the oriented bank, by a probe (training/conv1_choice.py)
-    backbone_draws: int = 1  # > 1: with choose_conv1 the probe also ranks more random backbone draws (model_init.py)
     feature_window: int = 0  # > 0: supervised steps train the heads on an n x n feature window (training/windows.py)
     score_map_max_init: float = 0.0  # != 0: the cls fc's weight on the map's max starts here (training/model_init.py)
 

@@ -19,7 +19,6 @@ from training.conv1_choice import probe_auroc
 from training.conv1_choice import probe_reason
 from training.model_init import build_model
 from training.model_init import calibrate_if_random
-from training.model_init import redraw_seed
 
 SIZE = 64
 
@@ -152,46 +151,3 @@ def test_the_choice_keeps_one_of_the_two_calibrated_candidates_and_leaves_the_gl
     for key, value in want.state_dict().items():
         assert torch.equal(mine[key], value), key
     assert scores == [round(100 * probe_auroc(m, line), 1) for m in (drawn, oriented)]
-
-
-def test_two_backbone_draws_choose_among_four_candidates_each_as_it_would_be_alone():
-    """`backbone_draws=2`: the regime's draw and the one `--seed redraw_seed(3, 1)` would draw, each as drawn and
-    oriented; the best probe wins, its weights are that candidate calibrated on its own, and the global generator
-    ends where a plain calibration leaves it."""
-    line = SquareLine(True)
-    model, source = _model()
-    torch.manual_seed(11)
-    chosen = calibrate_if_random(model, source, line, 4, torch.device("cpu"), lambda _m: None, 0.1, True, 2, 3)
-    after_choice = torch.random.get_rng_state()
-    other_seed = redraw_seed(3, 1)
-    assert other_seed not in (3, 1, 2)
-    alone = {}
-    for name, seed, orient in (
-        ("drawn", 3, False),
-        ("oriented", 3, True),
-        ("redrawn", other_seed, False),
-        ("redrawn oriented", other_seed, True),
-    ):
-        candidate, candidate_source = _model(seed)
-        if orient:
-            orient_conv1(candidate.backbone.conv1)
-        torch.manual_seed(11)
-        calibrate_if_random(candidate, candidate_source, line, 4, torch.device("cpu"), lambda _m: None, 0.1)
-        if name == "drawn":
-            assert torch.equal(after_choice, torch.random.get_rng_state())  # the training after it draws the same
-        alone[name] = candidate
-    assert not torch.equal(alone["drawn"].backbone.conv1.weight, alone["redrawn"].backbone.conv1.weight)
-    listed = chosen.split("+backbone-choice(")[1].rstrip(")").split(", ")
-    labels = [item.rsplit(" ", 1)[0] for item in listed]
-    scores = [float(item.rsplit(" ", 1)[1]) for item in listed]
-    redrawn = f"redrawn(seed={other_seed})"
-    assert labels == ["drawn", "oriented", redrawn, f"{redrawn} oriented"]
-    assert scores == [round(100 * probe_auroc(alone[name], line), 1) for name in alone]
-    best = max(range(4), key=lambda i: (scores[i], -i))
-    want = alone[list(alone)[best]]
-    prefix = ["", "+oriented-conv1(39)", f"+{redrawn}", f"+{redrawn}+oriented-conv1(39)"][best]
-    assert chosen.startswith(f"random(seed=3){prefix}+colour")
-    mine = model.state_dict()
-    for key, value in alone["drawn"].state_dict().items():  # the heads are the regime's draw's, whatever the choice
-        source_model = want if key.startswith("backbone.") else alone["drawn"]
-        assert torch.equal(mine[key], source_model.state_dict()[key]), key

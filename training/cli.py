@@ -218,16 +218,7 @@ def run_train(args) -> int:
     init = resolved.train.score_map_max_init
     start_score_at_map_max(model, init)
     source = calibrate_if_random(
-        model,
-        source,
-        train,
-        batch,
-        device,
-        log,
-        resolved.train.colour_floor,
-        resolved.train.choose_conv1,
-        resolved.train.backbone_draws,
-        resolved.train.seed,
+        model, source, train, batch, device, log, resolved.train.colour_floor, resolved.train.choose_conv1
     )
     if source.startswith(RANDOM) and regime == "unsupervised" and info.is_main:
         warn(RANDOM_UNSUPERVISED)

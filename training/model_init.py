@@ -19,9 +19,6 @@ the largest eigenvalue) keeps sensor noise from being blown up.
 Conv1 choice (`TrainConfig.choose_conv1`, the tiny preset): a copy of the random backbone whose conv1 starts from
 the oriented bank is calibrated the same way, and the one whose frozen features rank the labelled training defects
 higher keeps its place (training/conv1_choice.py); the recorded source names the choice and both probe scores.
-With `TrainConfig.backbone_draws` = n > 1 the probe ranks n random draws (the regime's and those `--seed
-redraw_seed(seed, k)` would draw, without moving the global generators), each as drawn and oriented; the heads keep
-the regime's draw, so only the backbone changes.
 
 Score init (`TrainConfig.score_map_max_init` != 0, the tiny preset): the cls head's fc weight on the map's max
 (spec §1.3, input 256 of 258) starts at that value instead of its Xavier draw, so the image score starts as the
@@ -49,8 +46,6 @@ from training.conv1_choice import orient_conv1
 from training.conv1_choice import probe_auroc
 from training.conv1_choice import probe_reason
 from training.state import seed_everything
-
-REDRAW_STRIDE = 100_003  # extra backbone draws: seed + k * stride
 
 
 def _batchnorms(module: nn.Module) -> list[nn.BatchNorm2d]:
@@ -165,13 +160,10 @@ def calibrate_if_random(
     log=print,
     colour_floor: float = 0.0,
     choose_conv1: bool = False,
-    backbone_draws: int = 1,
-    seed: int = 0,
 ) -> str:
     """Colour-calibrate (colour_floor > 0), then BN-calibrate a random backbone on the good images of `dataset`;
     with `choose_conv1`, also a copy whose conv1 starts from the oriented bank, and keep the one the training split
-    ranks higher (training/conv1_choice.py). `backbone_draws` > 1 adds that many more random draws (seeds from
-    `redraw_seed(seed, k)`), each as drawn and oriented, to the candidates. Returns the updated source string."""
+    ranks higher (training/conv1_choice.py). Returns the updated source string."""
     if not source.startswith(RANDOM):
         return source
     good = [i for i in range(len(dataset)) if _label(dataset, i) == 0]
@@ -188,51 +180,26 @@ def calibrate_if_random(
     if reason:
         log(f"random {model.config.backbone} backbone: conv1 kept as drawn, not chosen ({reason})")
         return f"{source}{calibrated}"
-    rng = torch.random.get_rng_state()  # the candidates' calibration draws loader seeds; the training must not see it
+    rng = torch.random.get_rng_state()  # the copy's calibration draws loader seeds; the training must not see it
     count = orient_conv1(oriented.conv1)
-    # (label, source prefix, backbone); the first is the regime's own draw, already calibrated
-    candidates = [("drawn", "", model.backbone), ("oriented", f"+oriented-conv1({count})", oriented)]
-    for k in range(1, backbone_draws):
-        other_seed = redraw_seed(seed, k)
-        other = _random_backbone(model.config.backbone, other_seed).to(device)
-        turned = copy.deepcopy(other)
-        orient_conv1(turned.conv1)
-        label, prefix = f"redrawn(seed={other_seed})", f"+redrawn(seed={other_seed})"
-        candidates += [(label, prefix, other), (f"{label} oriented", f"{prefix}+oriented-conv1({count})", turned)]
-    for _, _, backbone in candidates[1:]:
-        _calibrate(backbone, loader, colour_floor, device, lambda _m: None)
+    _calibrate(oriented, loader, colour_floor, device, lambda _m: None)
     torch.random.set_rng_state(rng)
-    scores = []
-    for _, _, backbone in candidates:
-        model.backbone = backbone
-        scores.append(probe_auroc(model, dataset))
-    best = torch.tensor([max(range(len(scores)), key=lambda i: (scores[i], -i))], device=device)  # a tie: earlier
+    drawn = probe_auroc(model, dataset)
+    kept = model.backbone
+    model.backbone = oriented
+    bank = probe_auroc(model, dataset)
+    take = torch.tensor([int(bank > drawn)], device=device)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.broadcast(best, src=0)  # a near tie may round apart across ranks: all follow rank 0
-    label, prefix, model.backbone = candidates[int(best.item())]
-    listed = ", ".join(f"{name} {100 * score:.1f}" for (name, _, _), score in zip(candidates, scores))
-    if backbone_draws > 1:
-        choice, what = f"backbone-choice({listed})", label
-    else:
-        choice, what = f"conv1-choice({listed})", f"conv1 {'as drawn' if label == 'drawn' else label}"
+        torch.distributed.broadcast(take, src=0)  # a near tie may round apart across ranks: all follow rank 0
+    if not take.item():
+        model.backbone = kept
+    choice = f"conv1-choice(drawn {100 * drawn:.1f}, oriented {100 * bank:.1f})"
     log(
-        f"random {model.config.backbone} backbone: {what} (pixel AUROC of a nearest-good-cell probe on the training "
-        f"split: {listed})"
+        f"random {model.config.backbone} backbone: conv1 {'oriented' if take.item() else 'as drawn'} (pixel AUROC "
+        f"of a nearest-good-cell probe on the training split: drawn {100 * drawn:.1f}, oriented {100 * bank:.1f})"
     )
+    prefix = f"+oriented-conv1({count})" if take.item() else ""
     return f"{source}{prefix}{calibrated}+{choice}"
-
-
-def redraw_seed(seed: int, k: int) -> int:
-    """The seed of the k-th extra random backbone draw: far from the seeds `--draws` passes (1, 2, ...)."""
-    return seed + REDRAW_STRIDE * k
-
-
-def _random_backbone(name: str, seed: int) -> Backbone:
-    """The random backbone `build_model` draws with `seed`, without moving the global generators."""
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # chosen explicitly; the source says so in the checkpoint
-        torch.manual_seed(seed)
-        return load_backbone(name, RANDOM)
 
 
 def _calibrate(backbone: Backbone, loader, colour_floor: float, device, log) -> str:
