@@ -51,3 +51,18 @@ def test_a_seed_given_twice_is_refused(capsys):
         quality.main(["--families", "metal", "--draws", "1", "--", "--seed", "2"])
     assert exit_.value.code == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_the_row_names_the_backbone_the_checkpoint_recorded(tmp_path):
+    """What the probe chose is read back from the checkpoint `ssn train` wrote, not from the run's log."""
+    import dataclasses
+
+    from pipeline.checkpoint import save_checkpoint
+    from pipeline.config import get_preset
+    from training.model_init import build_model
+
+    config = dataclasses.replace(get_preset("tiny").model, image_size=(64, 64))
+    model, _ = build_model(config, "random", seed=3)
+    recorded = "random(seed=3)+oriented-conv1(39)+colour(floor=0.1)+conv1-choice(drawn 97.9, oriented 98.7)"
+    path = save_checkpoint(model, tmp_path / "line.safetensors", recorded)
+    assert quality.backbone_source(path) == recorded
