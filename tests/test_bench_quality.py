@@ -1,5 +1,6 @@
 """bench/quality.py's draws: the training seed reaches `ssn train`'s own parser; the summary names each line's worst
-draw. (The benchmark itself trains for minutes per line and is not run here.)"""
+draw; a row's backbone source comes from the checkpoint. (The benchmark itself trains for minutes per line and is not
+run here.)"""
 
 from pathlib import Path
 
