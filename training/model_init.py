@@ -21,9 +21,11 @@ the oriented bank is calibrated the same way, and the one whose frozen features 
 higher keeps its place (training/conv1_choice.py); the recorded source names the choice and both probe scores.
 
 Score init (`TrainConfig.score_map_max_init` != 0, the tiny preset): the cls head's fc weight on the map's max
-(spec §1.3, input 256 of 258) starts at that value instead of its Xavier draw, so the image score starts as the
-map's maximum and the 5x5-conv pools only have to add to it. With 32 labelled defects the conv pools fit the
-training defects and rank unseen ones worse than the map's max does (README: the stone line at seed 1).
+(spec §1.3, input 256 of 258) starts at that value and every other fc weight and the bias at 0 instead of their
+Xavier draws, so the image score starts as exactly the map's maximum and the 5x5-conv pools only add what training
+finds in them. With 32 labelled defects the conv pools fit the training defects and rank unseen ones worse than the
+map's max does (README: the stone line at seed 1); 256 Xavier-weighted pools at the start add noise of about the
+map-max term's own size to the score.
 """
 
 from __future__ import annotations
@@ -145,10 +147,13 @@ def build_model(
 
 @torch.no_grad()
 def start_score_at_map_max(model: SuperSimpleNet, weight: float) -> None:
-    """Set the cls fc's weight on the map-max pool (index 2 * CLS_HIDDEN of [x.max, x.mean, M.max, M.mean]) to
-    `weight`; 0 keeps the Xavier draw."""
+    """Start the cls fc as `weight` x the map-max pool (index 2 * CLS_HIDDEN of [x.max, x.mean, M.max, M.mean]):
+    that weight set, every other weight and the bias 0. 0 keeps the Xavier draw. Draws nothing from the RNG."""
     if weight:
-        model.cls_head.fc.weight[0, 2 * CLS_HIDDEN] = weight
+        fc = model.cls_head.fc
+        fc.weight.zero_()
+        fc.bias.zero_()
+        fc.weight[0, 2 * CLS_HIDDEN] = weight
 
 
 def calibrate_if_random(
