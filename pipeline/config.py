@@ -118,7 +118,7 @@ class TrainConfig:
     colour_floor: float = 0.0  # > 0: a random backbone's conv1 gets the colour rescaling (training/model_init.py)
     choose_conv1: bool = False  # a random conv1 as drawn or the oriented bank, by a probe (training/conv1_choice.py)
     feature_window: int = 0  # > 0: supervised steps train the heads on an n x n feature window (training/windows.py)
-    score_map_max_init: float = 0.0  # != 0: the cls fc's weight on the map's max starts here (training/model_init.py)
+    score_map_max_init: float = 0.0  # != 0: the cls fc starts as this x the map's max (training/model_init.py)
 
 
 @dataclass(frozen=True)
