@@ -24,8 +24,8 @@ Score init (`TrainConfig.score_map_max_init` != 0, the tiny preset): the cls hea
 (spec §1.3, input 256 of 258) starts at that value and every other fc weight and the bias at 0 instead of their
 Xavier draws, so the image score starts as exactly the map's maximum and the 5x5-conv pools only add what training
 finds in them. With 32 labelled defects the conv pools fit the training defects and rank unseen ones worse than the
-map's max does (README: the stone line at seed 1); 256 Xavier-weighted pools at the start add noise of about the
-map-max term's own size to the score.
+map's max does (README: the stone line at seed 1); with their Xavier draws the other 257 inputs would start the
+score as the map's max plus a random sum of them.
 """
 
 from __future__ import annotations
