@@ -3,13 +3,12 @@
 split (32 good, 32 defective), and a good and a defective image labelled correctly.
 
 Measured on this split (bench/quality.py's metal seed 0; 2026-12-04, 320x320 with 40x40 feature windows, the conv1
-chosen per line, the score started at exactly the map's max, bf16 training on an AVX512-BF16 CPU): I-AUROC 99.0, AUPRO
-98.0 (with the earlier score init 97.9 / 97.8; 256x256 read 99.1 / 97.7 there, and
-96.3 / 95.4 on an AMX CPU before the conv1 choice); the gate keeps a margin below them so that a different CPU's
-rounding (or fp32 where bf16 is not native) cannot fail it, and the issue's targets (I-AUROC >= 95, AUPRO >= 85 on
-every family) are reported by bench/quality.py. The default 32-image split is small: a few faint spots and stains
-that score below the brightest good image move its I-AUROC by several points (98.4 at 320x320; 91.8 at 256x256
-before the conv1 choice).
+chosen per line, the score started at exactly the map's max, bf16 training on an AVX512-BF16 CPU): I-AUROC 99.0,
+AUPRO 98.0 (with the earlier score init 97.9 / 97.8; 256x256 read 99.1 / 97.7 there, and 96.3 / 95.4 on an AMX CPU
+before the conv1 choice); the gate keeps a margin below them so that a different CPU's rounding (or fp32 where bf16
+is not native) cannot fail it, and the issue's targets (I-AUROC >= 95, AUPRO >= 85 on every family) are reported by
+bench/quality.py. The default 32-image split is small: a few faint spots and stains that score below the brightest
+good image move its I-AUROC by several points (98.4 at 320x320; 91.8 at 256x256 before the conv1 choice).
 
 The tiny preset trains supervised on the synthetic line's 32 labelled training defects (the test defects are other
 draws); the backbone is random here (no download), and `--backbone-weights random` makes that explicit, so the test
